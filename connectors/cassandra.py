@@ -1,0 +1,181 @@
+"""Cassandra sink: schema created from code, prepared statements, idempotent upserts, retries.
+
+An INSERT in Cassandra is an upsert, so writing the same row twice leaves one row: redelivered
+records are harmless as long as the primary key is derived from the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cassandra import OperationTimedOut, Unavailable, WriteTimeout
+from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.policies import DCAwareRoundRobinPolicy
+from cassandra.query import PreparedStatement
+
+from connectors.retry import Backoff, retry_async
+
+log = logging.getLogger(__name__)
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class CassandraSinkError(Exception):
+    """A write failed for a reason retrying cannot fix, or a definition is invalid."""
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, NoHostAvailable | OperationTimedOut | Unavailable | WriteTimeout)
+
+
+def _identifier(name: str) -> str:
+    if not IDENTIFIER.match(name):
+        raise CassandraSinkError(
+            f"{name!r} is not a usable Cassandra name: lowercase letters, digits and '_', "
+            "starting with a letter, at most 48 characters"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    """A table described in code; `create_cql` makes it if missing."""
+
+    name: str
+    columns: Mapping[str, str]
+    partition_key: Sequence[str]
+    clustering: Sequence[str] = ()
+    clustering_order: Mapping[str, str] = field(default_factory=dict)
+    default_ttl_seconds: int = 0
+
+    def create_cql(self, keyspace: str) -> str:
+        for column in [*self.partition_key, *self.clustering, *self.clustering_order]:
+            if column not in self.columns:
+                raise CassandraSinkError(f"table {self.name}: key column {column!r} is not defined")
+        columns = ", ".join(f"{_identifier(n)} {t}" for n, t in self.columns.items())
+        partition = ", ".join(self.partition_key)
+        key = f"(({partition}){''.join(', ' + c for c in self.clustering)})"
+        options = []
+        if self.clustering_order:
+            order = ", ".join(f"{c} {d.upper()}" for c, d in self.clustering_order.items())
+            options.append(f"CLUSTERING ORDER BY ({order})")
+        if self.default_ttl_seconds:
+            options.append(f"default_time_to_live = {int(self.default_ttl_seconds)}")
+        suffix = f" WITH {' AND '.join(options)}" if options else ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {_identifier(keyspace)}.{_identifier(self.name)} "
+            f"({columns}, PRIMARY KEY {key}){suffix}"
+        )
+
+    def upsert_cql(self, keyspace: str) -> str:
+        names = list(self.columns)
+        return (
+            f"INSERT INTO {keyspace}.{self.name} ({', '.join(names)}) "
+            f"VALUES ({', '.join('?' for _ in names)}) USING TTL ?"
+        )
+
+
+class CassandraSink:
+    """A session on one keyspace: creates tables, upserts rows concurrently, retries outages."""
+
+    def __init__(
+        self,
+        contact_points: Sequence[tuple[str, int]],
+        keyspace: str,
+        *,
+        datacenter: str = "datacenter1",
+        replication_factor: int = 1,
+        backoff: Backoff | None = None,
+        concurrency: int = 64,
+    ) -> None:
+        self.keyspace = _identifier(keyspace)
+        self.replication_factor = replication_factor
+        self.backoff = backoff or Backoff()
+        self.concurrency = concurrency
+        hosts = [host for host, _ in contact_points]
+        port = contact_points[0][1] if contact_points else 9042
+        self.cluster = Cluster(
+            hosts,
+            port=port,
+            protocol_version=5,
+            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=datacenter),
+            connect_timeout=10,
+        )
+        self._session: Session | None = None
+        self._prepared: dict[str, PreparedStatement] = {}
+        self._tables: dict[str, TableDefinition] = {}
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self.cluster.connect()
+            self._session.default_timeout = 30
+        return self._session
+
+    async def open(self) -> None:
+        """Connect and create the keyspace if missing."""
+
+        async def connect() -> None:
+            session = await asyncio.to_thread(lambda: self.session)
+            await asyncio.to_thread(
+                session.execute,
+                f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = "
+                f"{{'class': 'SimpleStrategy', 'replication_factor': {self.replication_factor}}}",
+            )
+
+        await retry_async(connect, _is_retryable, self.backoff, f"keyspace {self.keyspace}")
+
+    async def ensure_table(self, table: TableDefinition) -> None:
+        """Create the table if missing and prepare its upsert."""
+        cql = table.create_cql(self.keyspace)
+
+        async def create() -> None:
+            await asyncio.to_thread(self.session.execute, cql)
+            self._prepared[table.name] = await asyncio.to_thread(
+                self.session.prepare, table.upsert_cql(self.keyspace)
+            )
+
+        await retry_async(create, _is_retryable, self.backoff, f"table {table.name}")
+        self._tables[table.name] = table
+
+    async def upsert(
+        self, table: str, rows: Sequence[Mapping[str, Any]], ttl_seconds: int = 0
+    ) -> int:
+        """Write rows (dicts by column name); retried until Cassandra has all of them."""
+        if table not in self._tables:
+            raise CassandraSinkError(f"table {table!r} was not created with ensure_table")
+        if not rows:
+            return 0
+        statement = self._prepared[table]
+        columns = list(self._tables[table].columns)
+        try:
+            parameters = [(*[row[c] for c in columns], ttl_seconds) for row in rows]
+        except KeyError as error:
+            raise CassandraSinkError(f"table {table}: a row lacks column {error}") from None
+
+        async def write() -> None:
+            results = await asyncio.to_thread(
+                execute_concurrent_with_args,
+                self.session,
+                statement,
+                parameters,
+                concurrency=self.concurrency,
+                raise_on_first_error=True,
+            )
+            del results
+
+        await retry_async(write, _is_retryable, self.backoff, f"upsert into {table}")
+        return len(rows)
+
+    async def select(self, cql: str, parameters: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a query as dicts (reads for APIs and tests)."""
+        result = await asyncio.to_thread(self.session.execute, cql, parameters)
+        return [row._asdict() for row in result]
+
+    def close(self) -> None:
+        self.cluster.shutdown()

@@ -1,0 +1,248 @@
+"""Builds the Faust app from topology.yaml and the settings, and gives agents their topics.
+
+Domains do not create topics or tables themselves: they ask the `Runtime` by logical name, so
+the topic prefix, partition counts and serializers come from one place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT, StreamT
+
+from streams.bus.codec import AvroCodec, CodecError, SchemaRegistry
+from streams.bus.deadletters import (
+    DEAD_LETTER_SCHEMA,
+    DEAD_LETTER_TOPIC,
+    DeadLetterCounter,
+    dead_letter_record,
+)
+from streams.errors import RecordRejected
+from streams.settings import Settings, get_settings
+from streams.topology import Topology, load_topology
+
+DOMAIN_MODULES = (
+    "streams.bus.agents",
+    "streams.metrics.agents",
+    "streams.logs.agents",
+)
+
+Validator = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class AgentLiveness:
+    """Records seen and rejected by one agent, with a moving rate: the agent's pulse."""
+
+    records: int = 0
+    rejected: int = 0
+    last_record_at: float | None = None
+    window_start: float = field(default_factory=time.monotonic)
+    window_records: int = 0
+    records_per_second: float = 0.0
+
+    def observe(self, accepted: int, rejected: int) -> None:
+        now = time.monotonic()
+        self.records += accepted
+        self.rejected += rejected
+        self.window_records += accepted + rejected
+        self.last_record_at = time.time()
+        elapsed = now - self.window_start
+        if elapsed >= 5.0:
+            self.records_per_second = self.window_records / elapsed
+            self.window_start, self.window_records = now, 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "rejected": self.rejected,
+            "records_per_second": round(self.records_per_second, 1),
+            "last_record_at": self.last_record_at,
+        }
+
+
+@dataclass
+class Decoded:
+    """One source record that decoded and validated, with the Faust event it came in."""
+
+    event: EventT
+    record: dict[str, Any]
+
+    @property
+    def key(self) -> bytes | None:
+        return self.event.message.key
+
+
+class Runtime:
+    """The Faust app plus everything agents share: topology, codec, dead letters, liveness."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        domains: Sequence[str] = DOMAIN_MODULES,
+        app_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.registry = SchemaRegistry.from_directory(self.settings.schemas_dir)
+        self.topology: Topology = load_topology(
+            self.settings.topology_file, known_schemas=self.registry.names
+        )
+        self.codec = AvroCodec(self.registry)
+        self.app = _faust_app(self.settings, dict(app_options or {}))
+        self.dead_letter_counter = DeadLetterCounter()
+        self.liveness: dict[str, AgentLiveness] = {}
+        self._topics: dict[str, faust.TopicT] = {}
+        self._tables: dict[str, faust.Table] = {}
+        self.context: dict[str, Any] = {}
+        for module_name in domains:
+            importlib.import_module(module_name).register(self)
+
+    # --- topics and tables by logical name -------------------------------------------------
+
+    def kafka_topic_name(self, name: str) -> str:
+        return self.topology.topic(name).kafka_name(self.settings.topic_prefix)
+
+    def topic(self, name: str) -> faust.TopicT:
+        """The Faust topic for a declared topic; values stay raw bytes, decoded in batches."""
+        if name not in self._topics:
+            spec = self.topology.topic(name)
+            self._topics[name] = self.app.topic(
+                spec.kafka_name(self.settings.topic_prefix),
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=spec.partitions,
+                replicas=spec.replication,
+                retention=spec.retention_ms / 1000 if spec.retention_ms > 0 else None,
+                compacting="compact" in spec.cleanup,
+                deleting="delete" in spec.cleanup,
+            )
+        return self._topics[name]
+
+    def table(self, name: str, default: Callable[[], Any] | None = None) -> faust.Table:
+        """The Faust table for a declared table, co-partitioned with its source topic."""
+        if name not in self._tables:
+            spec = self.topology.table(name)
+            source = self.topology.topic(spec.source)
+            factory = self.app.GlobalTable if spec.is_global else self.app.Table
+            self._tables[name] = factory(
+                name.replace(".", "-"),
+                default=default,
+                partitions=source.partitions,
+                key_type=str,
+                key_serializer="json",
+                value_serializer="json",
+                help=spec.doc,
+            )
+        return self._tables[name]
+
+    def agent_liveness(self, agent: str) -> AgentLiveness:
+        self.topology.agent(agent)
+        return self.liveness.setdefault(agent, AgentLiveness())
+
+    # --- producing --------------------------------------------------------------------------
+
+    async def send(self, topic: str, key: bytes | str | None, schema: str, record: dict) -> None:
+        """Encode and produce one record, waiting for the broker's acknowledgement."""
+        value = self.codec.encode(schema, record)
+        raw_key = key.encode() if isinstance(key, str) else key
+        future = await self.topic(topic).send(key=raw_key, value=value)
+        await future
+
+    async def dead_letter(self, event: EventT, agent: str, error_type: str, reason: str) -> None:
+        """Send one source record to the dead-letter topic with why and where it came from."""
+        message = event.message
+        source_topic = message.topic
+        prefix = self.settings.topic_prefix
+        if prefix and source_topic.startswith(prefix):
+            source_topic = source_topic[len(prefix) :]
+        record = dead_letter_record(
+            reason=reason,
+            error_type=error_type,
+            source_topic=source_topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=int(message.timestamp * 1000) if message.timestamp else 0,
+            agent=agent,
+            key=message.key,
+            value=message.value,
+            headers={k: v for k, v in (message.headers or [])} if message.headers else {},
+        )
+        self.dead_letter_counter.add(source_topic, error_type)
+        await self.send(DEAD_LETTER_TOPIC, source_topic, DEAD_LETTER_SCHEMA, record)
+
+    # --- consuming --------------------------------------------------------------------------
+
+    async def decoded_batches(
+        self,
+        stream: StreamT,
+        agent: str,
+        schema: str,
+        validate: Validator | None = None,
+        max_records: int = 1000,
+        within_seconds: float = 0.2,
+    ) -> AsyncIterator[list[Decoded]]:
+        """Batches of decoded, validated records; the rest go to dead letters on the way."""
+        liveness = self.agent_liveness(agent)
+        decode = self.codec.decode
+        async for events in stream.take_events(max_records, within_seconds):
+            batch: list[Decoded] = []
+            rejected = 0
+            for event in events:
+                try:
+                    record = decode(event.value, schema)
+                    if validate is not None:
+                        validate(record)
+                except (CodecError, RecordRejected) as error:
+                    rejected += 1
+                    await self.dead_letter(event, agent, error.error_type, str(error))
+                    continue
+                batch.append(Decoded(event, record))
+            liveness.observe(len(batch), rejected)
+            if batch:
+                yield batch
+
+
+def as_current_event(decoded: Decoded) -> None:
+    """Make a batched record the current event, so table writes land in its partition.
+
+    Faust picks a table write's changelog and store partition from the current event; after
+    `take_events` that is the batch's last event, which may belong to another partition.
+    """
+    _current_event.set(weakref.ref(decoded.event))
+
+
+def _faust_app(settings: Settings, options: dict[str, Any]) -> faust.App:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = "rocksdb://" if settings.table_store == "rocksdb" else "memory://"
+    config: dict[str, Any] = {
+        "broker": [f"kafka://{address}" for address in settings.kafka_bootstrap],
+        "store": store,
+        "datadir": str(settings.data_dir / settings.app_id),
+        "web_enabled": True,
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_in_thread": False,
+        "processing_guarantee": settings.processing_guarantee,
+        "topic_replication_factor": 1,
+        "topic_allow_declare": True,
+        "autodiscover": False,
+        "consumer_auto_offset_reset": "earliest",
+        "table_cleanup_interval": 30.0,
+        "stream_wait_empty": False,
+        "producer_acks": -1,
+    }
+    config.update(options)
+    return faust.App(settings.app_id, **config)
+
+
+def create_runtime(settings: Settings | None = None, **kwargs: Any) -> Runtime:
+    """The worker's runtime with every domain registered."""
+    return Runtime(settings, **kwargs)

@@ -1,0 +1,202 @@
+"""Avro single-object encoding of records: marker, CRC-64-AVRO fingerprint, schemaless body.
+
+The fingerprint tells a consumer which writer schema to decode with, so producers and
+consumers can evolve their schemas independently. No Faust, Kafka or HTTP here: the SDK uses it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.validation import validate
+
+SINGLE_OBJECT_MARKER = b"\xc3\x01"
+HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
+
+
+class CodecError(ValueError):
+    """A record could not be encoded or decoded."""
+
+    error_type = "decode"
+
+
+class NotSingleObjectEncoded(CodecError):
+    """The bytes do not start with the Avro single-object marker."""
+
+
+class UnknownSchema(CodecError):
+    """The fingerprint names a schema this process does not know."""
+
+    error_type = "unknown_schema"
+
+
+class CorruptRecord(CodecError):
+    """The body does not decode with the schema its fingerprint names."""
+
+
+class WrongSchema(CodecError):
+    """A record of one schema arrived where another was expected."""
+
+    error_type = "unknown_schema"
+
+
+class InvalidRecord(CodecError):
+    """A record does not conform to the schema it is to be encoded with."""
+
+    error_type = "validation"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A parsed Avro schema and its single-object fingerprint."""
+
+    name: str
+    parsed: Any
+    fingerprint: bytes
+    source: Path | None = None
+
+    @property
+    def header(self) -> bytes:
+        return SINGLE_OBJECT_MARKER + self.fingerprint
+
+
+def schema_fingerprint(parsed: Any) -> bytes:
+    """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's canonical form."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+def parse_schema(definition: Mapping[str, Any], source: Path | None = None) -> Schema:
+    parsed = fastavro.parse_schema(dict(definition))
+    return Schema(
+        name=parsed["name"], parsed=parsed, fingerprint=schema_fingerprint(parsed), source=source
+    )
+
+
+class SchemaRegistry:
+    """Every schema this process can read: current ones by name, all versions by fingerprint."""
+
+    def __init__(self, current: Iterable[Schema], older: Iterable[Schema] = ()) -> None:
+        self._by_name: dict[str, Schema] = {}
+        self._by_fingerprint: dict[bytes, Schema] = {}
+        for schema in current:
+            if schema.name in self._by_name:
+                raise ValueError(
+                    f"schema {schema.name} is defined twice: "
+                    f"{self._by_name[schema.name].source} and {schema.source}"
+                )
+            self._by_name[schema.name] = schema
+            self._by_fingerprint[schema.fingerprint] = schema
+        for schema in older:
+            self._by_fingerprint.setdefault(schema.fingerprint, schema)
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> SchemaRegistry:
+        """Load `*.avsc` as current schemas and `history/**/*.avsc` as older writer versions."""
+        if not directory.is_dir():
+            raise FileNotFoundError(f"schema folder {directory} does not exist")
+
+        def load(path: Path) -> Schema:
+            try:
+                return parse_schema(json.loads(path.read_text()), source=path)
+            except (ValueError, fastavro.schema.SchemaParseException) as error:
+                raise ValueError(f"{path}: not a valid Avro schema: {error}") from error
+
+        current = [load(path) for path in sorted(directory.glob("*.avsc"))]
+        older = [load(path) for path in sorted(directory.glob("history/**/*.avsc"))]
+        return cls(current, older)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self._by_name)
+
+    def get(self, name: str) -> Schema:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownSchema(
+                f"no schema named {name!r}; known: {', '.join(sorted(self._by_name))}"
+            ) from None
+
+    def by_fingerprint(self, fingerprint_bytes: bytes) -> Schema:
+        try:
+            return self._by_fingerprint[fingerprint_bytes]
+        except KeyError:
+            raise UnknownSchema(
+                f"no schema with fingerprint {fingerprint_bytes.hex()}; the writer used a schema "
+                "this process was not given (add it under schemas/history/)"
+            ) from None
+
+
+class AvroCodec:
+    """Encodes dicts to single-object Avro and back, resolving writer to reader schema."""
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self.registry = registry
+
+    def encode(self, schema_name: str, record: Mapping[str, Any], *, check: bool = True) -> bytes:
+        schema = self.registry.get(schema_name)
+        if check:
+            try:
+                validate(record, schema.parsed, raise_errors=True)
+            except fastavro.validation.ValidationError as error:
+                raise InvalidRecord(f"{schema_name}: {_describe_validation(error)}") from None
+        buffer = io.BytesIO()
+        buffer.write(schema.header)
+        try:
+            fastavro.schemaless_writer(buffer, schema.parsed, record)
+        except (TypeError, ValueError, KeyError, AttributeError, struct.error) as error:
+            raise InvalidRecord(f"{schema_name}: {error}") from None
+        return buffer.getvalue()
+
+    def writer_schema(self, data: bytes) -> Schema:
+        if data is None or len(data) < HEADER_SIZE or data[:2] != SINGLE_OBJECT_MARKER:
+            raise NotSingleObjectEncoded(
+                "not Avro single-object encoded: expected marker c301 and an 8-byte fingerprint, "
+                f"got {bytes(data[:HEADER_SIZE]).hex() if data else 'no bytes'}"
+            )
+        return self.registry.by_fingerprint(bytes(data[2:HEADER_SIZE]))
+
+    def decode(self, data: bytes, expected: str | None = None) -> dict[str, Any]:
+        """Decode with the writer's schema into the current version of `expected` (if given)."""
+        writer = self.writer_schema(data)
+        reader = writer
+        if expected is not None:
+            reader = self.registry.get(expected)
+            if writer.name != expected:
+                raise WrongSchema(f"expected a {expected} record, got a {writer.name} record")
+        try:
+            body = io.BytesIO(data)
+            body.seek(HEADER_SIZE)
+            record = fastavro.schemaless_reader(
+                body,
+                writer.parsed,
+                None if reader is writer else reader.parsed,
+            )
+            if body.tell() != len(data):
+                raise CorruptRecord(
+                    f"{writer.name}: {len(data) - body.tell()} bytes left over after the record"
+                )
+        except CodecError:
+            raise
+        except Exception as error:
+            raise CorruptRecord(
+                f"{writer.name}: the body does not decode ({type(error).__name__}: {error})"
+            ) from None
+        if not isinstance(record, dict):
+            raise CorruptRecord(f"{writer.name}: decoded to {type(record).__name__}, not a record")
+        return record
+
+
+def _describe_validation(error: fastavro.validation.ValidationError) -> str:
+    messages = error.args[0] if error.args else []
+    if isinstance(messages, list):
+        return "; ".join(str(message) for message in messages) or "does not match the schema"
+    return str(messages)

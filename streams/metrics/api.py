@@ -1,0 +1,35 @@
+"""HTTP views of metric state: the newest point of each series of a metric."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faust.web import View
+
+if TYPE_CHECKING:
+    import faust
+
+    from streams.app import Runtime
+
+
+def register(runtime: Runtime, latest: faust.Table, points: faust.TopicT) -> None:
+    app = runtime.app
+
+    @app.page("/metrics/latest")
+    class LatestPoints(View):
+        """`GET /metrics/latest?metric=NAME`: newest point per series, served by the owner."""
+
+        async def get(self, request: Any) -> Any:
+            metric = request.query.get("metric", "").strip()
+            if not metric:
+                return self.json(
+                    {"error": "missing query parameter", "field": "metric"}, status=400
+                )
+            return await self._owned(request, metric)
+
+        @app.topic_route(points, query_param="metric")
+        async def _owned(self, request: Any, metric: str) -> Any:
+            prefix = f"{metric}|"
+            series = [value for key, value in latest.items() if key.startswith(prefix)]
+            series.sort(key=lambda entry: sorted(entry["tags"].items()))
+            return self.json({"metric": metric, "series": series})

@@ -1,0 +1,75 @@
+"""Pure metric logic: point validation, series identity and raw-point rows (KairosDB layout)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from streams.errors import RecordRejected
+
+# KairosDB keeps a row per metric, tag set and three weeks of time.
+ROW_WIDTH_MS = 3 * 7 * 24 * 3600 * 1000
+MAX_NAME_LENGTH = 512
+MAX_TAGS = 64
+EARLIEST_MS = 946_684_800_000  # 2000-01-01
+LATEST_MS = 7_258_118_400_000  # 2200-01-01
+
+
+def validate_point(point: Mapping[str, Any]) -> None:
+    """Reject points KairosDB would refuse, naming the field."""
+    name = point["name"]
+    if not name or not name.strip():
+        raise RecordRejected("name", "must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise RecordRejected("name", f"is longer than {MAX_NAME_LENGTH} characters")
+    tags = point["tags"]
+    if not tags:
+        raise RecordRejected("tags", "a point needs at least one tag")
+    if len(tags) > MAX_TAGS:
+        raise RecordRejected("tags", f"more than {MAX_TAGS} tags")
+    for key, value in tags.items():
+        if not key or not value:
+            raise RecordRejected("tags", f"tag {key!r} has an empty name or value")
+    if not math.isfinite(point["value"]):
+        raise RecordRejected("value", f"must be a finite number, not {point['value']}")
+    if not EARLIEST_MS <= point["timestamp_ms"] <= LATEST_MS:
+        raise RecordRejected(
+            "timestamp_ms", f"{point['timestamp_ms']} is not a time between 2000 and 2200"
+        )
+
+
+def tags_text(tags: Mapping[str, str]) -> str:
+    """A canonical text of a tag set: the same tags always give the same text."""
+    return json.dumps(dict(sorted(tags.items())), separators=(",", ":"), ensure_ascii=False)
+
+
+def series_key(name: str, tags: Mapping[str, str]) -> str:
+    return f"{name}|{tags_text(tags)}"
+
+
+def newest(current: Mapping[str, Any] | None, candidate: Mapping[str, Any]) -> bool:
+    """Whether `candidate` replaces `current` as a series' latest point (ties: later wins)."""
+    return current is None or candidate["timestamp_ms"] >= current["timestamp_ms"]
+
+
+def latest_entry(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": point["name"],
+        "tags": dict(point["tags"]),
+        "timestamp_ms": point["timestamp_ms"],
+        "value": point["value"],
+    }
+
+
+def raw_point_row(point: Mapping[str, Any]) -> dict[str, Any]:
+    """The Cassandra row of one raw point: partition by metric, row time and tag set."""
+    timestamp = point["timestamp_ms"]
+    return {
+        "metric": point["name"],
+        "row_time": timestamp - timestamp % ROW_WIDTH_MS,
+        "tags": tags_text(point["tags"]),
+        "ts": timestamp,
+        "value": point["value"],
+    }

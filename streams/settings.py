@@ -1,0 +1,130 @@
+"""The one settings object: `STACKSTREAM_*` environment variables over an optional file.
+
+The file is YAML or TOML, named by `STACKSTREAM_SETTINGS_FILE` (default `stackstream.yaml` in
+the working directory when it exists). Every default runs against the local stack.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_FILE_VARIABLE = "STACKSTREAM_SETTINGS_FILE"
+
+
+def _settings_file() -> Path | None:
+    named = os.environ.get(SETTINGS_FILE_VARIABLE)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"{SETTINGS_FILE_VARIABLE} names {path}, which does not exist")
+        return path
+    default = Path.cwd() / "stackstream.yaml"
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Addresses, ports, folders and processing options of one stackstream deployment."""
+
+    model_config = SettingsConfigDict(env_prefix="STACKSTREAM_", extra="forbid")
+
+    # Where the servers are. Set these to use servers stackstream did not start.
+    kafka: str = "127.0.0.1:19092"
+    elasticsearch: str = "http://127.0.0.1:19200"
+    cassandra: str = "127.0.0.1:19042"
+    cassandra_datacenter: str = "datacenter1"
+
+    # The worker.
+    app_id: str = "stackstream"
+    topic_prefix: str = Field(
+        default="", description="prepended to every topic name: isolates tests and tenants"
+    )
+    topology_file: Path = PROJECT_ROOT / "topology.yaml"
+    schemas_dir: Path = PROJECT_ROOT / "schemas"
+    data_dir: Path = Path.home() / ".local" / "share" / "stackstream" / "worker"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    table_store: Literal["rocksdb", "memory"] = "rocksdb"
+    elasticsearch_index_prefix: str = "stackstream"
+    cassandra_keyspace: str = "stackstream"
+
+    # The local stack (`stackstream dev`).
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "stackstream",
+        description="downloaded server artifacts; the second start needs no registry",
+    )
+    stack_dir: Path = Field(
+        default=Path.home() / ".local" / "share" / "stackstream" / "stack",
+        description="data and log folders of the local servers",
+    )
+    kafka_version: str = "3.9.1"
+    elasticsearch_version: str = "8.19.7"
+    cassandra_version: str = "5.0.6"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    elasticsearch_port: int = 19200
+    elasticsearch_transport_port: int = 19300
+    cassandra_port: int = 19042
+    cassandra_storage_port: int = 17000
+    kafka_heap: str = "512m"
+    elasticsearch_heap: str = "768m"
+    cassandra_heap: str = "1g"
+    elasticsearch_user: str = "stackstream-es"
+    start_timeout_seconds: float = 240.0
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix_is_legal(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("topic_prefix may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _settings_file()
+        if path is not None:
+            if path.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @property
+    def kafka_bootstrap(self) -> list[str]:
+        return [address.strip() for address in self.kafka.split(",") if address.strip()]
+
+    @property
+    def cassandra_contact_points(self) -> list[tuple[str, int]]:
+        points = []
+        for address in self.cassandra.split(","):
+            host, _, port = address.strip().rpartition(":")
+            points.append((host or address.strip(), int(port) if port.isdigit() else 9042))
+        return points
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
