@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra import OperationTimedOut, Unavailable, WriteTimeout
-from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy
 from cassandra.query import PreparedStatement
@@ -99,11 +105,15 @@ class CassandraSink:
         self.concurrency = concurrency
         hosts = [host for host, _ in contact_points]
         port = contact_points[0][1] if contact_points else 9042
+        profile = ExecutionProfile(
+            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=datacenter),
+            request_timeout=30,
+        )
         self.cluster = Cluster(
             hosts,
             port=port,
             protocol_version=5,
-            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=datacenter),
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=10,
         )
         self._session: Session | None = None
@@ -114,7 +124,6 @@ class CassandraSink:
     def session(self) -> Session:
         if self._session is None:
             self._session = self.cluster.connect()
-            self._session.default_timeout = 30
         return self._session
 
     async def open(self) -> None:

@@ -137,8 +137,6 @@ class Runtime:
                 default=default,
                 partitions=source.partitions,
                 key_type=str,
-                key_serializer="json",
-                value_serializer="json",
                 help=spec.doc,
             )
         return self._tables[name]
@@ -238,6 +236,9 @@ def _faust_app(settings: Settings, options: dict[str, Any]) -> faust.App:
         "table_cleanup_interval": 30.0,
         "stream_wait_empty": False,
         "producer_acks": -1,
+        # Table keys and values (our topics are raw bytes, decoded by the codec).
+        "key_serializer": "json",
+        "value_serializer": "json",
     }
     config.update(options)
     return faust.App(settings.app_id, **config)

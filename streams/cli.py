@@ -45,7 +45,7 @@ def _stack(settings: Settings):  # type: ignore[no-untyped-def]
 def _print_status(statuses: Sequence) -> None:  # type: ignore[type-arg]
     table = Table(title="local stack")
     for column in ("server", "state", "address", "version", "memory", "data folder"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     colours = {"running": "green", "stopped": "dim", "starting": "yellow", "failed": "red"}
     for status in statuses:
         memory = f"{status.rss_bytes / 2**20:.0f} MiB" if status.rss_bytes else "-"

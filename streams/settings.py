@@ -111,6 +111,14 @@ class Settings(BaseSettings):
                 sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
+    def environment(self) -> dict[str, str]:
+        """These settings as `STACKSTREAM_*` variables, for a worker started as a child process."""
+        return {
+            f"STACKSTREAM_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
     @property
     def kafka_bootstrap(self) -> list[str]:
         return [address.strip() for address in self.kafka.split(",") if address.strip()]

@@ -1,0 +1,83 @@
+"""The sinks against the real Elasticsearch and Cassandra: idempotent, and honest about rejects."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.cassandra import CassandraSink, CassandraSinkError, TableDefinition
+from connectors.elasticsearch import Document, ElasticsearchSink
+from connectors.retry import stable_id
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_bulk_writes_are_idempotent_and_rejects_are_reported(
+    elasticsearch: str, unique: str
+) -> None:
+    index = f"{unique.replace('_', '-')}-docs"
+    sink = ElasticsearchSink(elasticsearch, refresh=True)
+    try:
+        await sink.ensure_template(
+            f"{index}-template",
+            [f"{index}*"],
+            {"properties": {"n": {"type": "integer"}, "text": {"type": "keyword"}}},
+            {"number_of_replicas": 0},
+        )
+        documents = [
+            Document(index, stable_id("doc", n), {"n": n, "text": f"line {n}"}) for n in range(50)
+        ]
+        first = await sink.write(documents)
+        again = await sink.write(documents)
+        assert first.written == 50 and again.written == 50
+        count = await sink.client.count(index=index)
+        assert count["count"] == 50, "redelivered documents must overwrite, not duplicate"
+
+        bad = Document(index, stable_id("bad"), {"n": "not a number"})
+        result = await sink.write([bad, Document(index, stable_id("ok"), {"n": 1})])
+        assert result.written == 1
+        assert [r.document.id for r in result.rejected] == [bad.id]
+        assert result.rejected[0].status == 400
+        assert "mapper_parsing_exception" in result.rejected[0].reason or "number" in (
+            result.rejected[0].reason
+        )
+        hits = await sink.search(index, {"term": {"n": 7}})
+        assert [hit["text"] for hit in hits] == ["line 7"]
+    finally:
+        await sink.delete_indices(f"{index}*")
+        await sink.close()
+
+
+async def test_cassandra_upserts_are_idempotent(cassandra: str, unique: str) -> None:
+    settings = Settings(cassandra=cassandra)
+    sink = CassandraSink(settings.cassandra_contact_points, unique)
+    table = TableDefinition(
+        name="readings",
+        columns={"sensor": "text", "ts": "bigint", "value": "double"},
+        partition_key=("sensor",),
+        clustering=("ts",),
+        clustering_order={"ts": "desc"},
+    )
+    try:
+        await sink.open()
+        await sink.ensure_table(table)
+        await sink.ensure_table(table)
+        rows = [{"sensor": f"s{n % 3}", "ts": n, "value": n / 2} for n in range(300)]
+        assert await sink.upsert("readings", rows) == 300
+        await sink.upsert("readings", rows[:100])
+        counted = await sink.select(f"SELECT count(*) AS n FROM {unique}.readings")
+        assert counted[0]["n"] == 300
+        newest = await sink.select(
+            f"SELECT ts, value FROM {unique}.readings WHERE sensor = %s LIMIT 1", ("s1",)
+        )
+        assert newest == [{"ts": 298, "value": 149.0}]
+        with pytest.raises(CassandraSinkError, match="lacks column"):
+            await sink.upsert("readings", [{"sensor": "x"}])
+    finally:
+        await sink.select(f"DROP KEYSPACE IF EXISTS {unique}")
+        sink.close()
+
+
+def test_table_definitions_refuse_unsafe_names() -> None:
+    with pytest.raises(CassandraSinkError, match="not a usable Cassandra name"):
+        TableDefinition("bad;name", {"a": "text"}, ("a",)).create_cql("ks")

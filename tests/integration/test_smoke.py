@@ -1,0 +1,117 @@
+"""End to end on real servers: SDK → Kafka → worker agents → table, HTTP view, ES and Cassandra."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cassandra.cluster import Cluster
+from elasticsearch import Elasticsearch
+
+from streams.demo import DEMO_METRIC, SERVICES, sample_logs, sample_points
+from streams.logs.events import RECORD_SCHEMA, RECORDS_TOPIC
+from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
+from streams.sdk.producer import EventProducer
+from streams.settings import Settings
+from tests.integration.worker import apply_topics, eventually, get_json, running_worker
+
+pytestmark = pytest.mark.integration
+
+
+def test_events_flow_from_sdk_to_table_view_elasticsearch_and_cassandra(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings
+    apply_topics(settings)
+    now_ms = int(time.time() * 1000)
+    points = sample_points(40, now_ms)
+    logs = sample_logs(12, now_ms * 1000)
+    log_path = tmp_path / "worker.log"
+
+    with running_worker(settings, log_path):
+        producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
+        for point in points:
+            assert producer.emit(POINTS_TOPIC, POINT_SCHEMA, point, key=point["name"])
+        for record in logs:
+            assert producer.emit(RECORDS_TOPIC, RECORD_SCHEMA, record, key=record["service"])
+        bad = {**points[0], "tags": {}}
+        assert producer.emit(POINTS_TOPIC, POINT_SCHEMA, bad, key=DEMO_METRIC)
+        producer.close()
+        assert producer.stats.delivered == len(points) + len(logs) + 1
+        assert producer.stats.failed == 0
+
+        base = f"http://127.0.0.1:{settings.web_port}"
+        latest = eventually(
+            lambda: (lambda answer: answer if len(answer[1].get("series", [])) == 2 else None)(
+                get_json(f"{base}/metrics/latest?metric={DEMO_METRIC}")
+            ),
+            120,
+            "the latest-point view to show both services",
+            log_path,
+        )[1]
+        newest_by_service = {p["tags"]["service"]: p for p in points}
+        for series in latest["series"]:
+            expected = newest_by_service[series["tags"]["service"]]
+            assert series["value"] == expected["value"]
+            assert series["timestamp_ms"] == expected["timestamp_ms"]
+        assert {s["tags"]["service"] for s in latest["series"]} == set(SERVICES)
+
+        status, error = get_json(f"{base}/metrics/latest")
+        assert status == 400 and error["field"] == "metric"
+
+        dead = eventually(
+            lambda: get_json(f"{base}/bus/deadletters")[1]["dead_letters"],
+            60,
+            "the dead-letter count",
+            log_path,
+        )
+        by_reason = {(r["source_topic"], r["error_type"]): r["count"] for r in dead}
+        assert by_reason.get(("metrics.points", "validation")) == 2, (
+            "the bad point is rejected by both agents reading metrics.points"
+        )
+
+        es = Elasticsearch(settings.elasticsearch)
+        index_pattern = f"{settings.elasticsearch_index_prefix}-logs-*"
+
+        def indexed() -> int | None:
+            es.indices.refresh(index=index_pattern, allow_no_indices=True)
+            count = es.count(index=index_pattern, allow_no_indices=True)["count"]
+            return count if count >= len(logs) else None
+
+        assert eventually(indexed, 90, "log lines in Elasticsearch", log_path) == len(logs)
+        errors = es.search(index=index_pattern, query={"term": {"log.level": "ERROR"}}, size=50)
+        assert len(errors["hits"]["hits"]) == sum(1 for r in logs if r["level"] == "ERROR")
+
+        cluster = Cluster(
+            [host for host, _ in settings.cassandra_contact_points],
+            port=settings.cassandra_contact_points[0][1],
+            protocol_version=5,
+        )
+        try:
+            session = cluster.connect()
+
+            def stored() -> int | None:
+                rows = session.execute(
+                    f"SELECT count(*) FROM {settings.cassandra_keyspace}.raw_points"
+                ).one()
+                return rows[0] if rows[0] >= len(points) else None
+
+            assert eventually(stored, 90, "raw points in Cassandra", log_path) == len(points)
+            row = session.execute(
+                f"SELECT value FROM {settings.cassandra_keyspace}.raw_points "
+                "WHERE metric=%s AND row_time=%s AND tags=%s AND ts=%s",
+                _primary_key(points[5]),
+            ).one()
+            assert row.value == points[5]["value"]
+            session.execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}")
+        finally:
+            cluster.shutdown()
+        es.indices.delete(index=index_pattern, allow_no_indices=True)
+
+
+def _primary_key(point: dict) -> tuple:
+    from streams.metrics.model import raw_point_row
+
+    row = raw_point_row(point)
+    return (row["metric"], row["row_time"], row["tags"], row["ts"])
