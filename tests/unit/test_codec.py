@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_a_record_of_another_schema_is_refused(codec: AvroCodec) -> None:
         "headers": {},
     }
     data = codec.encode("stackstream.bus.DeadLetter", dead_letter)
-    with pytest.raises(WrongSchema, match="expected a stackstream.metrics.MetricPoint"):
+    with pytest.raises(WrongSchema, match=r"expected a stackstream\.metrics\.MetricPoint"):
         codec.decode(data, POINT)
     assert codec.decode(data)["reason"] == "r"
 
@@ -159,10 +160,8 @@ def test_registry_refuses_a_schema_defined_twice(tmp_path: Path) -> None:
 def test_arbitrary_bytes_only_ever_raise_codec_errors(data: bytes) -> None:
     codec = AvroCodec(SchemaRegistry.from_directory(PROJECT_ROOT / "schemas"))
     for candidate in (data, b"\xc3\x01" + codec.registry.get(POINT).fingerprint + data):
-        try:
+        with contextlib.suppress(CodecError):
             codec.decode(candidate, POINT)
-        except CodecError:
-            pass
 
 
 def test_schema_fingerprint_matches_header(codec: AvroCodec) -> None:
