@@ -18,8 +18,11 @@ from streams.settings import Settings, get_settings
 console = Console()
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+def _fail(message: str | BaseException) -> None:
+    text = str(message)
+    if isinstance(message, BaseException):
+        text = "\n".join([text, *getattr(message, "__notes__", [])])
+    console.print(f"[red]error:[/red] {text}", highlight=False)
     raise SystemExit(1)
 
 
@@ -77,7 +80,7 @@ def dev_up(only: tuple[str, ...]) -> None:
         try:
             statuses = stack.up(list(only) or None)
         except LocalStackError as error:
-            _fail(str(error))
+            _fail(error)
     _print_status(statuses)
     console.print(f"ready in {time.monotonic() - started:.1f}s")
 
@@ -219,7 +222,7 @@ def demo(points: int, log_lines: int, keep_running: bool) -> None:
         with console.status("starting the local stack (first time: downloads the servers)"):
             statuses = _stack(settings).up()
     except LocalStackError as error:
-        _fail(str(error))
+        _fail(error)
     _print_status(statuses)
     from click.testing import CliRunner
 
