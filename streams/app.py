@@ -11,6 +11,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,11 +29,17 @@ from streams.errors import RecordRejected
 from streams.settings import Settings, get_settings
 from streams.topology import Topology, load_topology
 
-DOMAIN_MODULES = (
-    "streams.bus.agents",
-    "streams.metrics.agents",
-    "streams.logs.agents",
-)
+STREAMS_PACKAGE = Path(__file__).resolve().parent
+
+
+def domain_modules() -> tuple[str, ...]:
+    """Every `streams/<domain>/agents.py`: a domain joins the worker by having one."""
+    return tuple(
+        f"streams.{folder.name}.agents"
+        for folder in sorted(STREAMS_PACKAGE.iterdir())
+        if (folder / "agents.py").is_file() and folder.name != "sdk"
+    )
+
 
 Validator = Callable[[dict[str, Any]], None]
 
@@ -87,7 +94,7 @@ class Runtime:
         self,
         settings: Settings | None = None,
         *,
-        domains: Sequence[str] = DOMAIN_MODULES,
+        domains: Sequence[str] | None = None,
         app_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings or get_settings()
@@ -102,7 +109,7 @@ class Runtime:
         self._topics: dict[str, faust.TopicT] = {}
         self._tables: dict[str, faust.Table] = {}
         self.context: dict[str, Any] = {}
-        for module_name in domains:
+        for module_name in domain_modules() if domains is None else domains:
             importlib.import_module(module_name).register(self)
 
     # --- topics and tables by logical name -------------------------------------------------
