@@ -26,6 +26,7 @@ from streams.bus.deadletters import (
     dead_letter_record,
 )
 from streams.errors import RecordRejected
+from streams.http import OpenAPIDocument
 from streams.settings import Settings, get_settings
 from streams.topology import Topology, load_topology
 
@@ -109,6 +110,7 @@ class Runtime:
         self._topics: dict[str, faust.TopicT] = {}
         self._tables: dict[str, faust.Table] = {}
         self.context: dict[str, Any] = {}
+        self.openapi = OpenAPIDocument("stackstream worker", _version())
         for module_name in domain_modules() if domains is None else domains:
             importlib.import_module(module_name).register(self)
 
@@ -222,6 +224,15 @@ def as_current_event(decoded: Decoded) -> None:
     `take_events` that is the batch's last event, which may belong to another partition.
     """
     _current_event.set(weakref.ref(decoded.event))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stackstream")
+    except PackageNotFoundError:
+        return "0"
 
 
 def _faust_app(settings: Settings, options: dict[str, Any]) -> faust.App:

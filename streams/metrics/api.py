@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import View
 
+from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
+
 if TYPE_CHECKING:
     import faust
 
@@ -22,9 +24,7 @@ def register(runtime: Runtime, latest: faust.Table, points: faust.TopicT) -> Non
         async def get(self, request: Any) -> Any:
             metric = request.query.get("metric", "").strip()
             if not metric:
-                return self.json(
-                    {"error": "missing query parameter", "field": "metric"}, status=400
-                )
+                return self.json(error_body("metric", "missing query parameter"), status=400)
             return await self._owned(request, metric)
 
         @app.topic_route(points, query_param="metric")
@@ -33,3 +33,19 @@ def register(runtime: Runtime, latest: faust.Table, points: faust.TopicT) -> Non
             series = [value for key, value in latest.items() if key.startswith(prefix)]
             series.sort(key=lambda entry: sorted(entry["tags"].items()))
             return self.json({"metric": metric, "series": series})
+
+    runtime.openapi.describe_tag("metrics", "metric points and series")
+    runtime.openapi.add(
+        "/metrics/latest",
+        {
+            "get": {
+                "summary": "the newest point of every series of a metric",
+                "parameters": [query_parameter("metric", "metric name", required=True)],
+                "responses": {
+                    "200": json_response("`{metric, series: [{name, tags, timestamp_ms, value}]}`"),
+                    "400": BAD_REQUEST,
+                },
+            }
+        },
+        "metrics",
+    )

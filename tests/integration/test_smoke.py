@@ -59,6 +59,9 @@ def test_events_flow_from_sdk_to_table_view_elasticsearch_and_cassandra(
 
         status, error = get_json(f"{base}/metrics/latest")
         assert status == 400 and error["field"] == "metric"
+        status, document = get_json(f"{base}/openapi.json")
+        assert status == 200 and document["openapi"].startswith("3.")
+        assert {"/metrics/latest", "/stackstream/health"} <= set(document["paths"])
 
         dead = eventually(
             lambda: get_json(f"{base}/bus/deadletters")[1]["dead_letters"],
