@@ -1,0 +1,68 @@
+"""Settings: defaults, a YAML or TOML file, and environment variables over both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import Settings
+
+
+def test_defaults_run_against_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STACKSTREAM_KAFKA", "STACKSTREAM_SETTINGS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.kafka == "127.0.0.1:19092"
+    assert settings.cassandra_contact_points == [("127.0.0.1", 19042)]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("s.yaml", "kafka: broker-a:9092\nweb_port: 7000\n"),
+        ("s.toml", 'kafka = "broker-a:9092"\nweb_port = 7000\n'),
+    ],
+)
+def test_file_then_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    monkeypatch.setenv("STACKSTREAM_SETTINGS_FILE", str(path))
+    monkeypatch.delenv("STACKSTREAM_KAFKA", raising=False)
+    monkeypatch.delenv("STACKSTREAM_WEB_PORT", raising=False)
+    assert Settings().kafka == "broker-a:9092"
+    monkeypatch.setenv("STACKSTREAM_WEB_PORT", "7100")
+    settings = Settings()
+    assert settings.web_port == 7100 and settings.kafka == "broker-a:9092"
+
+
+def test_a_missing_settings_file_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STACKSTREAM_SETTINGS_FILE", str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        Settings()
+
+
+def test_unknown_keys_and_bad_values_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("kafak: x\n")
+    monkeypatch.setenv("STACKSTREAM_SETTINGS_FILE", str(path))
+    with pytest.raises(ValidationError, match="kafak"):
+        Settings()
+    monkeypatch.delenv("STACKSTREAM_SETTINGS_FILE")
+    with pytest.raises(ValidationError, match="topic_prefix"):
+        Settings(topic_prefix="bad prefix/")
+
+
+def test_environment_round_trips(tmp_path: Path) -> None:
+    settings = Settings(topic_prefix="t1.", web_port=7001, data_dir=tmp_path)
+    env = settings.environment()
+    assert env["STACKSTREAM_TOPIC_PREFIX"] == "t1."
+    assert env["STACKSTREAM_WEB_PORT"] == "7001"
+    assert env["STACKSTREAM_DATA_DIR"] == str(tmp_path)
