@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,10 +40,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STACKSTREAM_", extra="forbid")
 
-    # Where the servers are. Set these to use servers stackstream did not start.
-    kafka: str = "127.0.0.1:19092"
-    elasticsearch: str = "http://127.0.0.1:19200"
-    cassandra: str = "127.0.0.1:19042"
+    # Where the servers are; empty means the local stack's ports below. Set these to use
+    # servers stackstream did not start.
+    kafka: str = ""
+    elasticsearch: str = ""
+    cassandra: str = ""
     cassandra_datacenter: str = "datacenter1"
 
     # The worker.
@@ -84,6 +85,16 @@ class Settings(BaseSettings):
     cassandra_heap: str = "1g"
     elasticsearch_user: str = "stackstream-es"
     start_timeout_seconds: float = 240.0
+
+    @model_validator(mode="after")
+    def _addresses_default_to_the_local_stack(self) -> Settings:
+        if not self.kafka:
+            self.kafka = f"127.0.0.1:{self.kafka_port}"
+        if not self.elasticsearch:
+            self.elasticsearch = f"http://127.0.0.1:{self.elasticsearch_port}"
+        if not self.cassandra:
+            self.cassandra = f"127.0.0.1:{self.cassandra_port}"
+        return self
 
     @field_validator("topic_prefix")
     @classmethod

@@ -43,7 +43,7 @@ def test_a_missing_settings_file_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STACKSTREAM_SETTINGS_FILE", str(tmp_path / "nope.yaml"))
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         Settings()
 
 
@@ -66,3 +66,13 @@ def test_environment_round_trips(tmp_path: Path) -> None:
     assert env["STACKSTREAM_TOPIC_PREFIX"] == "t1."
     assert env["STACKSTREAM_WEB_PORT"] == "7001"
     assert env["STACKSTREAM_DATA_DIR"] == str(tmp_path)
+
+
+def test_server_addresses_follow_the_local_stack_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STACKSTREAM_KAFKA", "STACKSTREAM_ELASTICSEARCH", "STACKSTREAM_CASSANDRA"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(kafka_port=29092, elasticsearch_port=29200, cassandra_port=29042)
+    assert settings.kafka == "127.0.0.1:29092"
+    assert settings.elasticsearch == "http://127.0.0.1:29200"
+    assert settings.cassandra_contact_points == [("127.0.0.1", 29042)]
+    assert Settings(kafka="broker:9092", kafka_port=29092).kafka == "broker:9092"
