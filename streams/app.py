@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from streams.bus.deadletters import (
     dead_letter_record,
 )
 from streams.errors import RecordRejected
-from streams.http import OpenAPIDocument
+from streams.http import OpenAPIDocument, error_body
 from streams.settings import Settings, get_settings
 from streams.topology import Topology, load_topology
 
@@ -156,11 +156,39 @@ class Runtime:
 
     # --- producing --------------------------------------------------------------------------
 
-    async def send(self, topic: str, key: bytes | str | None, schema: str, record: dict) -> None:
-        """Encode and produce one record, waiting for the broker's acknowledgement."""
+    async def send(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        schema: str,
+        record: dict,
+        *,
+        source: EventT | None = None,
+    ) -> None:
+        """Encode and produce one record, waiting for the broker's acknowledgement.
+
+        `source` is the event being processed when an agent sends: under exactly-once the record
+        joins the transaction of the source partition, so it commits with that offset. (Faust's
+        own routing picks the destination partition's transaction, which is never committed when
+        this worker consumes nothing new from the destination.) Without `source` (HTTP writes,
+        timers) the record is sent outside any transaction and is visible at once.
+        """
         value = self.codec.encode(schema, record)
         raw_key = key.encode() if isinstance(key, str) else key
-        future = await self.topic(topic).send(key=raw_key, value=value)
+        transactional_id = None
+        if source is not None and self.settings.processing_guarantee == "exactly_once":
+            message = source.message
+            group = self.app.assignor.group_for_topic(message.topic)
+            transactional_id = f"{self.app.conf.id}-{group}-{message.partition}"
+        future = await self.app.producer.send(
+            self.kafka_topic_name(topic),
+            raw_key,
+            value,
+            None,
+            None,
+            None,
+            transactional_id=transactional_id,
+        )
         await future
 
     async def dead_letter(self, event: EventT, agent: str, error_type: str, reason: str) -> None:
@@ -183,7 +211,7 @@ class Runtime:
             headers={k: v for k, v in (message.headers or [])} if message.headers else {},
         )
         self.dead_letter_counter.add(source_topic, error_type)
-        await self.send(DEAD_LETTER_TOPIC, source_topic, DEAD_LETTER_SCHEMA, record)
+        await self.send(DEAD_LETTER_TOPIC, source_topic, DEAD_LETTER_SCHEMA, record, source=event)
 
     # --- consuming --------------------------------------------------------------------------
 
@@ -215,6 +243,25 @@ class Runtime:
             liveness.observe(len(batch), rejected)
             if batch:
                 yield batch
+
+
+async def routed_or_unavailable(view: Any, answer: Callable[[], Awaitable[Any]]) -> Any:
+    """Answer a request routed to a key's owner, or 503 while the worker cannot route yet.
+
+    Routing needs the partition assignment and the topic's metadata; right after start or during
+    a rebalance either may be missing (aiokafka then raises TypeError from its partitioner).
+    """
+    unavailable = view.json(
+        error_body(None, "this worker is starting or rebalancing; retry shortly"),
+        status=503,
+        headers={"Retry-After": "1"},
+    )
+    if view.app.rebalancing:
+        return unavailable
+    try:
+        return await answer()
+    except TypeError:
+        return unavailable
 
 
 def as_current_event(decoded: Decoded) -> None:

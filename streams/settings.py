@@ -62,6 +62,38 @@ class Settings(BaseSettings):
     elasticsearch_index_prefix: str = "stackstream"
     cassandra_keyspace: str = "stackstream"
 
+    # Log governance: fallbacks for apps whose config-centre namespace sets no rule.
+    logs_min_level: str = "WARN"
+    logs_quota_per_minute: int = 6000
+    logs_sample_every: int = Field(default=100, description="past the quota keep 1 line in N")
+    logs_max_line_bytes: int = 16384
+    logs_config_namespace: str = "stackstream.logging"
+    logs_config_cluster: str = "default"
+    logs_mask_default_secrets: bool = True
+    logs_secret_patterns: str = Field(
+        default="", description="extra regexes masking secrets, one per line (group 'secret')"
+    )
+
+    # The registry (Eureka-compatible). Eureka's own defaults are in docs/registry.md.
+    registry_eviction_interval_s: float = Field(
+        default=1.0, gt=0, description="how often a partition owner looks for expired leases"
+    )
+    registry_self_preservation: bool = True
+    registry_renewal_percent_threshold: float = Field(default=0.85, gt=0, le=1)
+    registry_expected_renewal_interval_s: int = Field(default=30, gt=0)
+    registry_threshold_update_interval_s: float = Field(default=900.0, gt=0)
+    registry_delta_retention_s: float = Field(default=180.0, gt=0)
+    registry_read_your_writes_timeout_s: float = Field(
+        default=1.0, ge=0, description="how long a write waits to see itself in this worker's table"
+    )
+    config_admin_token: str = Field(
+        default="stackstream-local-admin",
+        description="bearer token of the config admin API (until OAuth2 scopes replace it)",
+    )
+    config_long_poll_seconds: float = Field(
+        default=60.0, gt=0, le=90, description="how long /notifications/v2 holds a request"
+    )
+
     # The local stack (`stackstream dev`).
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "stackstream",

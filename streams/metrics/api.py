@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import View
 
+from streams.app import routed_or_unavailable
 from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def register(runtime: Runtime, latest: faust.Table, points: faust.TopicT) -> Non
             metric = request.query.get("metric", "").strip()
             if not metric:
                 return self.json(error_body("metric", "missing query parameter"), status=400)
-            return await self._owned(request, metric)
+            return await routed_or_unavailable(self, lambda: self._owned(request, metric))
 
         @app.topic_route(points, query_param="metric")
         async def _owned(self, request: Any, metric: str) -> Any:
@@ -44,6 +45,7 @@ def register(runtime: Runtime, latest: faust.Table, points: faust.TopicT) -> Non
                 "responses": {
                     "200": json_response("`{metric, series: [{name, tags, timestamp_ms, value}]}`"),
                     "400": BAD_REQUEST,
+                    "503": json_response("the worker is starting or rebalancing; retry"),
                 },
             }
         },

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from cassandra.cluster import Cluster
+from confluent_kafka import Consumer, TopicPartition
 from elasticsearch import Elasticsearch
 
+from streams.bus.codec import AvroCodec, SchemaRegistry
 from streams.demo import DEMO_METRIC, SERVICES, sample_logs, sample_points
 from streams.logs.events import RECORD_SCHEMA, RECORDS_TOPIC
 from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
@@ -19,10 +21,11 @@ from tests.integration.worker import apply_topics, eventually, get_json, running
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_events_flow_from_sdk_to_table_view_elasticsearch_and_cassandra(
-    stack_settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path, guarantee: str
 ) -> None:
-    settings = stack_settings
+    settings = stack_settings.model_copy(update={"processing_guarantee": guarantee})
     apply_topics(settings)
     now_ms = int(time.time() * 1000)
     points = sample_points(40, now_ms)
@@ -74,6 +77,13 @@ def test_events_flow_from_sdk_to_table_view_elasticsearch_and_cassandra(
             "the bad point is rejected by both agents reading metrics.points"
         )
 
+        dead_letter = _first_dead_letter(settings)
+        assert dead_letter["source_topic"] == POINTS_TOPIC
+        assert dead_letter["error_type"] == "validation" and "tags" in dead_letter["reason"]
+        assert dead_letter["value"] == _record_at(
+            settings, POINTS_TOPIC, dead_letter["partition"], dead_letter["offset"]
+        ), "the dead letter carries the rejected record's raw bytes and true origin"
+
         es = Elasticsearch(settings.elasticsearch)
         index_pattern = f"{settings.elasticsearch_index_prefix}-logs-*"
 
@@ -118,3 +128,37 @@ def _primary_key(point: dict) -> tuple:
 
     row = raw_point_row(point)
     return (row["metric"], row["row_time"], row["tags"], row["ts"])
+
+
+def _consumer(settings: Settings) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": settings.kafka,
+            "group.id": f"{settings.app_id}-inspect",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+
+
+def _first_dead_letter(settings: Settings) -> dict:
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(settings.topic_prefix + "bus.deadletters", 0, 0)])
+        message = consumer.poll(10)
+        assert message is not None and message.error() is None, "no dead letter on the topic"
+        codec = AvroCodec(SchemaRegistry.from_directory(settings.schemas_dir))
+        return codec.decode(message.value(), "stackstream.bus.DeadLetter")
+    finally:
+        consumer.close()
+
+
+def _record_at(settings: Settings, topic: str, partition: int, offset: int) -> bytes:
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(settings.topic_prefix + topic, partition, offset)])
+        message = consumer.poll(10)
+        assert message is not None and message.offset() == offset
+        return message.value()
+    finally:
+        consumer.close()

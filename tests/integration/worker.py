@@ -19,6 +19,7 @@ from streams.settings import Settings
 from streams.topology import load_topology
 
 T = TypeVar("T")
+WORKER_LOGLEVEL = os.environ.get("STACKSTREAM_TEST_WORKER_LOGLEVEL", "warning")
 
 
 def apply_topics(settings: Settings) -> None:
@@ -35,7 +36,7 @@ def running_worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Po
     env = {**os.environ, **settings.environment()}
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", WORKER_LOGLEVEL],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -56,7 +57,11 @@ def get_json(url: str) -> tuple[int, Any]:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"null")
+        except json.JSONDecodeError:
+            return error.code, body.decode(errors="replace")
 
 
 def eventually(

@@ -22,7 +22,7 @@ def runtime(unit_settings: Settings) -> Runtime:
     runtime.app.flow_control.resume()
     sent: list[tuple[str, Any, str, dict]] = []
 
-    async def capture(topic: str, key: Any, schema: str, record: dict) -> None:
+    async def capture(topic: str, key: Any, schema: str, record: dict, **options: Any) -> None:
         sent.append((topic, key, schema, record))
 
     runtime.send = capture  # type: ignore[method-assign]
