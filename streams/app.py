@@ -33,13 +33,23 @@ from streams.topology import Topology, load_topology
 STREAMS_PACKAGE = Path(__file__).resolve().parent
 
 
-def domain_modules() -> tuple[str, ...]:
-    """Every `streams/<domain>/agents.py`: a domain joins the worker by having one."""
-    return tuple(
-        f"streams.{folder.name}.agents"
+class UnknownDomain(ValueError):
+    """The settings name a domain that has no `streams/<domain>/agents.py`."""
+
+
+def domain_modules(only: Sequence[str] = ()) -> tuple[str, ...]:
+    """Every `streams/<domain>/agents.py` (or just those named): a domain joins by having one."""
+    available = [
+        folder.name
         for folder in sorted(STREAMS_PACKAGE.iterdir())
         if (folder / "agents.py").is_file() and folder.name != "sdk"
-    )
+    ]
+    unknown = sorted(set(only) - set(available))
+    if unknown:
+        raise UnknownDomain(
+            f"no such domain: {', '.join(unknown)}; available: {', '.join(available)}"
+        )
+    return tuple(f"streams.{name}.agents" for name in available if not only or name in only)
 
 
 Validator = Callable[[dict[str, Any]], None]
@@ -111,7 +121,9 @@ class Runtime:
         self._tables: dict[str, faust.Table] = {}
         self.context: dict[str, Any] = {}
         self.openapi = OpenAPIDocument("stackstream worker", _version())
-        for module_name in domain_modules() if domains is None else domains:
+        if domains is None:
+            domains = domain_modules(self.settings.domain_names)
+        for module_name in domains:
             importlib.import_module(module_name).register(self)
 
     # --- topics and tables by logical name -------------------------------------------------

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
 
     # The worker.
     app_id: str = "stackstream"
+    domains: str = Field(
+        default="",
+        description="comma-separated domains this worker runs (e.g. 'bus,metrics'); empty: all",
+    )
     topic_prefix: str = Field(
         default="", description="prepended to every topic name: isolates tests and tenants"
     )
@@ -161,6 +165,10 @@ class Settings(BaseSettings):
             for name, value in self.model_dump().items()
             if value is not None
         }
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [name.strip() for name in self.domains.split(",") if name.strip()]
 
     @property
     def kafka_bootstrap(self) -> list[str]:

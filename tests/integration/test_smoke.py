@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 def test_events_flow_from_sdk_to_table_view_elasticsearch_and_cassandra(
     stack_settings: Settings, tmp_path: Path, guarantee: str
 ) -> None:
-    settings = stack_settings.model_copy(update={"processing_guarantee": guarantee})
+    settings = stack_settings.model_copy(
+        update={"processing_guarantee": guarantee, "domains": "bus,metrics,logs"}
+    )
     apply_topics(settings)
     now_ms = int(time.time() * 1000)
     points = sample_points(40, now_ms)

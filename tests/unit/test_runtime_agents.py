@@ -17,7 +17,7 @@ POINT = "stackstream.metrics.MetricPoint"
 
 @pytest.fixture
 def runtime(unit_settings: Settings) -> Runtime:
-    runtime = Runtime(unit_settings)
+    runtime = Runtime(unit_settings.model_copy(update={"domains": "bus,metrics"}))
     runtime.app.finalize()
     runtime.app.flow_control.resume()
     sent: list[tuple[str, Any, str, dict]] = []

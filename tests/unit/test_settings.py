@@ -76,3 +76,13 @@ def test_server_addresses_follow_the_local_stack_ports(monkeypatch: pytest.Monke
     assert settings.elasticsearch == "http://127.0.0.1:29200"
     assert settings.cassandra_contact_points == [("127.0.0.1", 29042)]
     assert Settings(kafka="broker:9092", kafka_port=29092).kafka == "broker:9092"
+
+
+def test_workers_can_run_a_subset_of_domains() -> None:
+    from streams.app import UnknownDomain, domain_modules
+
+    assert domain_modules(["metrics", "bus"]) == ("streams.bus.agents", "streams.metrics.agents")
+    assert "streams.logs.agents" in domain_modules()
+    with pytest.raises(UnknownDomain, match="no such domain: nope"):
+        domain_modules(["nope"])
+    assert Settings(domains=" bus, metrics ").domain_names == ["bus", "metrics"]
