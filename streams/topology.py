@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -16,6 +16,7 @@ DURATION_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_4
 SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 CLEANUP_POLICIES = {"delete", "compact", "compact,delete"}
 CONNECTORS = {"elasticsearch", "cassandra"}
+T = TypeVar("T")
 TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
@@ -129,28 +130,23 @@ class Topology:
     sinks: dict[str, SinkSpec]
 
     def topic(self, name: str) -> TopicSpec:
-        try:
-            return self.topics[name]
-        except KeyError:
-            raise KeyError(f"topic {name!r} is not declared in {self.path}") from None
+        return _declared(self, "topic", self.topics, name)
 
     def table(self, name: str) -> TableSpec:
-        try:
-            return self.tables[name]
-        except KeyError:
-            raise KeyError(f"table {name!r} is not declared in {self.path}") from None
+        return _declared(self, "table", self.tables, name)
 
     def agent(self, name: str) -> AgentSpec:
-        try:
-            return self.agents[name]
-        except KeyError:
-            raise KeyError(f"agent {name!r} is not declared in {self.path}") from None
+        return _declared(self, "agent", self.agents, name)
 
     def sink(self, name: str) -> SinkSpec:
-        try:
-            return self.sinks[name]
-        except KeyError:
-            raise KeyError(f"sink {name!r} is not declared in {self.path}") from None
+        return _declared(self, "sink", self.sinks, name)
+
+
+def _declared(topology: Topology, kind: str, entries: dict[str, T], name: str) -> T:
+    try:
+        return entries[name]
+    except KeyError:
+        raise KeyError(f"{kind} {name!r} is not declared in {topology.path}") from None
 
 
 class _Reader:

@@ -24,6 +24,7 @@ from streams.bus.codec import (
     schema_fingerprint,
 )
 from streams.settings import PROJECT_ROOT
+from tests.records import metric_point as point
 
 POINT = "stackstream.metrics.MetricPoint"
 
@@ -46,18 +47,6 @@ def _crc64_avro(data: bytes) -> int:
 @pytest.fixture(scope="module")
 def codec() -> AvroCodec:
     return AvroCodec(SchemaRegistry.from_directory(PROJECT_ROOT / "schemas"))
-
-
-def point(**overrides: object) -> dict:
-    record = {
-        "name": "cpu",
-        "timestamp_ms": 1_700_000_000_000,
-        "value": 0.5,
-        "tags": {"host": "a"},
-        "ttl_seconds": 0,
-    }
-    record.update(overrides)
-    return record
 
 
 def test_fingerprint_is_little_endian_crc64_of_canonical_form() -> None:

@@ -17,18 +17,7 @@ from streams.metrics.model import (
     series_key,
     validate_point,
 )
-
-
-def point(**overrides: object) -> dict:
-    record = {
-        "name": "cpu",
-        "timestamp_ms": 1_700_000_000_000,
-        "value": 0.5,
-        "tags": {"host": "a"},
-        "ttl_seconds": 0,
-    }
-    record.update(overrides)
-    return record
+from tests.records import metric_point as point
 
 
 @pytest.mark.parametrize(

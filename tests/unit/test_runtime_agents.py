@@ -11,6 +11,7 @@ from streams.app import Runtime
 from streams.metrics.agents import TRACK_LATEST
 from streams.metrics.model import series_key
 from streams.settings import Settings
+from tests.records import metric_point as point
 
 POINT = "stackstream.metrics.MetricPoint"
 
@@ -28,18 +29,6 @@ def runtime(unit_settings: Settings) -> Runtime:
     runtime.send = capture  # type: ignore[method-assign]
     runtime.context["sent"] = sent
     return runtime
-
-
-def point(**overrides: Any) -> dict:
-    record = {
-        "name": "cpu",
-        "timestamp_ms": 1_700_000_000_000,
-        "value": 0.5,
-        "tags": {"host": "a"},
-        "ttl_seconds": 0,
-    }
-    record.update(overrides)
-    return record
 
 
 async def test_points_update_the_latest_table_and_bad_ones_become_dead_letters(

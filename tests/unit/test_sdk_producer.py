@@ -6,18 +6,9 @@ import socket
 import time
 
 from streams.sdk.producer import EventProducer
+from tests.records import metric_point as point
 
 POINT_SCHEMA = "stackstream.metrics.MetricPoint"
-
-
-def point() -> dict:
-    return {
-        "name": "m",
-        "timestamp_ms": 1_700_000_000_000,
-        "value": 1.0,
-        "tags": {"a": "b"},
-        "ttl_seconds": 0,
-    }
 
 
 def closed_port() -> int:
