@@ -134,9 +134,12 @@ def _topology(settings: Settings):  # type: ignore[no-untyped-def]
 @click.option("--dry-run", is_flag=True, help="print the changes without making them")
 def topics_apply(dry_run: bool) -> None:
     """Create missing topics, add partitions and alter configs; prints the diff."""
+    _apply_topics(get_settings(), dry_run)
+
+
+def _apply_topics(settings: Settings, dry_run: bool) -> None:
     from streams.bus.admin import TopicPlanError, admin_client, apply, plan
 
-    settings = get_settings()
     topology = _topology(settings)
     admin = admin_client(settings.kafka)
     try:
@@ -224,9 +227,7 @@ def demo(points: int, log_lines: int, keep_running: bool) -> None:
     except LocalStackError as error:
         _fail(error)
     _print_status(statuses)
-    from click.testing import CliRunner
-
-    CliRunner().invoke(topics_apply, [])
+    _apply_topics(settings, dry_run=False)
     log_path = settings.stack_dir / "worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -252,6 +253,11 @@ def demo(points: int, log_lines: int, keep_running: bool) -> None:
     else:
         worker_process.terminate()
         worker_process.wait(30)
+
+
+from streams.logs.cli import logs_group  # noqa: E402
+
+main.add_command(logs_group)
 
 
 if __name__ == "__main__":

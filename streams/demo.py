@@ -108,8 +108,10 @@ def run_demo(settings: Settings, console: Console, *, points: int, log_lines: in
         f"  worker health            {base}/stackstream/health\n"
         f"  dead letters             {base}/bus/deadletters\n"
         f"  log lines (Elasticsearch) {settings.elasticsearch}/"
-        f"{settings.elasticsearch_index_prefix}-logs-*/_search?q=level:ERROR\n"
+        f"{settings.elasticsearch_index_prefix}-logs-*/_search?q=log.level:ERROR\n"
         f"  raw points (Cassandra)   SELECT * FROM {settings.cassandra_keyspace}.raw_points"
         f" (cqlsh {settings.cassandra.replace(':', ' ')})\n"
-        "  topics                   stackstream topics list"
+        "  topics                   stackstream topics list",
+        soft_wrap=True,
+        highlight=False,
     )
