@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,22 @@ from pydantic import ValidationError
 from streams.settings import Settings
 
 
-def test_defaults_run_against_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("STACKSTREAM_KAFKA", "STACKSTREAM_SETTINGS_FILE"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No STACKSTREAM_* variable from the calling shell (CI may set ports and addresses)."""
+    for name in list(os.environ):
+        if name.startswith("STACKSTREAM_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_defaults_run_against_the_local_stack() -> None:
     settings = Settings()
     assert settings.kafka == "127.0.0.1:19092"
     assert settings.cassandra_contact_points == [("127.0.0.1", 19042)]
 
 
+@pytest.mark.usefixtures("clean_environment")
 @pytest.mark.parametrize(
     ("name", "text"),
     [
@@ -68,9 +77,8 @@ def test_environment_round_trips(tmp_path: Path) -> None:
     assert env["STACKSTREAM_DATA_DIR"] == str(tmp_path)
 
 
-def test_server_addresses_follow_the_local_stack_ports(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("STACKSTREAM_KAFKA", "STACKSTREAM_ELASTICSEARCH", "STACKSTREAM_CASSANDRA"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.mark.usefixtures("clean_environment")
+def test_server_addresses_follow_the_local_stack_ports() -> None:
     settings = Settings(kafka_port=29092, elasticsearch_port=29200, cassandra_port=29042)
     assert settings.kafka == "127.0.0.1:29092"
     assert settings.elasticsearch == "http://127.0.0.1:29200"
