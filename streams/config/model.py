@@ -245,9 +245,7 @@ def new_draft(
     name, suffix_format = split_namespace(namespace)
     fmt = fmt or suffix_format
     if fmt != suffix_format and not (fmt in ("yaml", "yml") and suffix_format in ("yaml", "yml")):
-        raise ConfigError(
-            "format", f"namespace {name!r} implies format {suffix_format}, not {fmt}"
-        )
+        raise ConfigError("format", f"namespace {name!r} implies format {suffix_format}, not {fmt}")
     return _record(
         app_id=app_id,
         cluster=cluster,
@@ -521,7 +519,9 @@ def rollback(
     earlier = alive[:-1]
     if to_release_id is None:
         if not earlier:
-            raise Conflict("namespace", "the live release is the first one; nothing to roll back to")
+            raise Conflict(
+                "namespace", "the live release is the first one; nothing to roll back to"
+            )
         target = earlier[-1]
     else:
         matches = [r for r in earlier if r["release_id"] == to_release_id]
@@ -572,7 +572,7 @@ def parse_labels(label: str | None) -> frozenset[str]:
 def rule_matches(
     rule: Mapping[str, Any], client_app_id: str, ip: str | None, labels: frozenset[str]
 ) -> bool:
-    """Apollo's gray rule: same app id (any case) and (ip listed or `*`, or a label listed or `*`)."""
+    """Apollo's gray rule: same app id (any case), and ip or a label listed (`*`: any)."""
     if rule["client_app_id"].lower() != client_app_id.lower():
         return False
     ips = rule["client_ip_list"]
@@ -814,7 +814,7 @@ AUDIT_MAPPINGS: dict[str, Any] = {
 }
 
 
-# --- the state every worker serves from ------------------------------------------------------------
+# --- the state every worker serves from -------------------------------------------------
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Config state on every worker: global tables over the config topics, and the waiting polls.
 
-The releases, history and drafts topics are themselves the changelogs of three GlobalTables, so
-every worker reads every record straight from the topic an admin write produced to (one hop),
-and `on_changelog_event` applies it to this worker's `ConfigIndex` and wakes the long polls
-watching that namespace. The tables keep an in-memory store: a worker restart replays the
-topics from the start, which rebuilds the index (config topics are small).
+Every worker reads every partition of the releases, history and drafts topics (the
+`global: true` tables of topology.yaml) straight from the topic an admin write produced to (one
+hop), applies each record to its `ConfigIndex` and wakes the long polls watching that
+namespace. A restart replays the topics from the start, which rebuilds the index (config topics
+are small: the releases and drafts topics are compacted).
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from streams.bus.codec import CodecError
-from streams.config.events import DRAFTS_TOPIC, HISTORY_TOPIC, RELEASE_SCHEMA, RELEASES_TOPIC
+from streams.config.events import RELEASE_SCHEMA
 from streams.config.model import ConfigIndex, Record, validate_release
 from streams.errors import RecordRejected
 
 if TYPE_CHECKING:
-    import faust
-    from faust.types import EventT
-
     from streams.app import Runtime
 
 log = logging.getLogger(__name__)
@@ -95,54 +93,77 @@ class ConfigState:
         return True
 
 
-def config_tables(runtime: Runtime, state: ConfigState) -> dict[str, faust.Table]:
-    """Declare the three GlobalTables whose changelogs are the config topics themselves."""
-    codec = runtime.codec
+async def follow_config_topics(runtime: Runtime, state: ConfigState) -> None:
+    """Read every partition of the releases, history and drafts topics from the start, forever.
 
-    def applier(
-        apply: Callable[[str, Record | None], None], allow_tombstone: bool
-    ) -> Callable[[EventT], Awaitable[None]]:
-        async def on_event(event: EventT) -> None:
-            raw_key = event.message.key
-            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            value = event.message.value
-            if value is None:
-                if allow_tombstone:
-                    apply(key, None)
-                return
-            try:
-                record = codec.decode(value, RELEASE_SCHEMA)
-                validate_release(record)
-            except (CodecError, RecordRejected) as error:
-                await runtime.dead_letter(event, SERVE_RELEASES, error.error_type, str(error))
-                return
-            apply(key, record)
-
-        return on_event
+    This is what a GlobalTable does (every worker holds all of it), done with a plain
+    group-less consumer: a GlobalTable whose changelog is the source topic itself stalled
+    Faust's partition assignor (see docs/config.md).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     def history(key: str, record: Record | None) -> None:
         if record is not None:
             state.history_applied(key, record)
 
-    sources = {
-        CURRENT_TABLE: (RELEASES_TOPIC, applier(state.release_applied, True)),
-        HISTORY_TABLE: (HISTORY_TOPIC, applier(history, False)),
-        DRAFTS_TABLE: (DRAFTS_TOPIC, applier(state.draft_applied, True)),
-    }
-    tables: dict[str, Any] = {}
-    for name, (topic, on_event) in sources.items():
-        spec = runtime.topology.table(name)
-        tables[name] = runtime.app.GlobalTable(
-            name.replace(".", "-"),
-            changelog_topic=runtime.topic(topic),
-            partitions=runtime.topology.topic(topic).partitions,
-            key_type=bytes,
-            value_type=bytes,
-            store="memory://",
-            recovery_buffer_size=1,
-            standby_buffer_size=1,
-            synchronize_all_active_partitions=True,
-            on_changelog_event=on_event,
-            help=spec.doc,
+    appliers: dict[str, Callable[[str, Record | None], None]] = {}
+    partitions: list[TopicPartition] = []
+    for table, apply in (
+        (CURRENT_TABLE, state.release_applied),
+        (HISTORY_TABLE, history),
+        (DRAFTS_TABLE, state.draft_applied),
+    ):
+        topic = runtime.topology.table(table).source
+        name = runtime.kafka_topic_name(topic)
+        appliers[name] = apply
+        spec = runtime.topology.topic(topic)
+        partitions += [TopicPartition(name, p) for p in range(spec.partitions)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=runtime.settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            for messages in batches.values():
+                for message in messages:
+                    await _apply(runtime, appliers[message.topic], message)
+    finally:
+        await consumer.stop()
+
+
+async def _apply(
+    runtime: Runtime, apply: Callable[[str, Record | None], None], message: Any
+) -> None:
+    key = message.key.decode() if isinstance(message.key, bytes) else str(message.key)
+    if message.value is None:
+        apply(key, None)
+        return
+    try:
+        record = runtime.codec.decode(message.value, RELEASE_SCHEMA)
+        validate_release(record)
+    except (CodecError, RecordRejected) as error:
+        await runtime.dead_letter(_as_event(message), SERVE_RELEASES, error.error_type, str(error))
+        return
+    apply(key, record)
+
+
+def _as_event(message: Any) -> Any:
+    """The fields of a Faust event that `Runtime.dead_letter` reads, from an aiokafka record."""
+    return SimpleNamespace(
+        message=SimpleNamespace(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp=message.timestamp / 1000 if message.timestamp else None,
+            key=message.key,
+            value=message.value,
+            headers=list(message.headers or []),
         )
-    return tables
+    )
