@@ -94,7 +94,8 @@ def instance_from_wire(doc: Mapping[str, Any]) -> dict[str, Any]:
     port_number, port_enabled = port("port", 7001, True)
     secure_number, secure_enabled = port("securePort", 7002, False)
     data_center = doc.get("dataCenterInfo")
-    lease = doc.get("leaseInfo") or {}
+    lease = doc.get("leaseInfo")
+    lease = {} if lease is None or lease == "" else lease
     if not isinstance(lease, Mapping):
         raise DocumentError("leaseInfo", "leaseInfo must be an object")
     overridden = doc.get("overriddenStatus", doc.get("overriddenstatus"))
@@ -338,9 +339,7 @@ def _group_by_app(records: Iterable[Mapping[str, Any]]) -> list[tuple[str, list]
     apps: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         apps.setdefault(record["app"], []).append(record)
-    return [
-        (name, sorted(apps[name], key=lambda r: r["instance_id"])) for name in sorted(apps)
-    ]
+    return [(name, sorted(apps[name], key=lambda r: r["instance_id"])) for name in sorted(apps)]
 
 
 def _xml_bytes(root: Element) -> bytes:

@@ -177,9 +177,7 @@ def apply_event(
     instance = current["instance"]
     lease = instance["lease_info"]
     if action == RENEW:
-        status = effective_status(
-            instance["status"], current.get("override"), instance["status"]
-        )
+        status = effective_status(instance["status"], current.get("override"), instance["status"])
         if status == "UNKNOWN":
             return Applied(None)
         instance["status"] = status
@@ -239,9 +237,10 @@ def _register(
     live = is_live(entry)
     existing = entry["instance"] if live and entry is not None else None
     instance = copy.deepcopy(dict(registrant))
-    if existing is not None and existing["last_dirty_timestamp_ms"] > instance[
-        "last_dirty_timestamp_ms"
-    ]:
+    if (
+        existing is not None
+        and existing["last_dirty_timestamp_ms"] > instance["last_dirty_timestamp_ms"]
+    ):
         instance = copy.deepcopy(existing)
     override = entry.get("override") if live and entry is not None else None
     if not override and instance["overridden_status"] != "UNKNOWN":
@@ -280,9 +279,7 @@ def _register(
     return Applied(fresh, new_lease=not live)
 
 
-def renew_outcome(
-    entry: Mapping[str, Any] | None, last_dirty_timestamp_ms: int | None
-) -> int:
+def renew_outcome(entry: Mapping[str, Any] | None, last_dirty_timestamp_ms: int | None) -> int:
     """The HTTP status of a heartbeat (InstanceResource.renewLease with syncWhenTimestampDiffers).
 
     404 tells the client to register again: no lease, an effective status of UNKNOWN (its
