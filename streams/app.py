@@ -18,6 +18,7 @@ import faust
 from faust.streams import _current_event
 from faust.types import EventT, StreamT
 
+from streams.bus.batching import BatchAgent, BatchHandler, RevokeHandler
 from streams.bus.codec import AvroCodec, CodecError, SchemaRegistry
 from streams.bus.deadletters import (
     DEAD_LETTER_SCHEMA,
@@ -119,6 +120,7 @@ class Runtime:
         self.liveness: dict[str, AgentLiveness] = {}
         self._topics: dict[str, faust.TopicT] = {}
         self._tables: dict[str, faust.Table] = {}
+        self.batch_agents: dict[str, BatchAgent] = {}
         self.context: dict[str, Any] = {}
         self.openapi = OpenAPIDocument("stackstream worker", _version())
         if domains is None:
@@ -165,6 +167,45 @@ class Runtime:
     def agent_liveness(self, agent: str) -> AgentLiveness:
         self.topology.agent(agent)
         return self.liveness.setdefault(agent, AgentLiveness())
+
+    def batch_agent(
+        self,
+        name: str,
+        topic: str,
+        schema: str,
+        *,
+        validate: Validator | None = None,
+        on_revoked: RevokeHandler | None = None,
+        max_records: int = 5000,
+    ) -> Callable[[BatchHandler], BatchHandler]:
+        """Declare a batch agent (see streams.bus.batching): the decorated coroutine gets lists.
+
+        For high-volume topics whose handlers are idempotent and keep no Faust table.
+        """
+
+        def register(handler: BatchHandler) -> BatchHandler:
+            agent = BatchAgent(
+                self,
+                name,
+                topic,
+                schema,
+                handler,
+                validate=validate,
+                on_revoked=on_revoked,
+                max_records=max_records,
+            )
+            self.batch_agents[name] = agent
+            source = self.topic(topic)
+
+            async def run() -> None:
+                await source.maybe_declare()
+                await agent.run()
+
+            run.__name__ = run.__qualname__ = name
+            self.app.task(run)
+            return handler
+
+        return register
 
     # --- producing --------------------------------------------------------------------------
 
@@ -238,13 +279,13 @@ class Runtime:
     ) -> AsyncIterator[list[Decoded]]:
         """Batches of decoded, validated records; the rest go to dead letters on the way."""
         liveness = self.agent_liveness(agent)
-        decode = self.codec.decode
+        decode = self.codec.decoder(schema)
         async for events in stream.take_events(max_records, within_seconds):
             batch: list[Decoded] = []
             rejected = 0
             for event in events:
                 try:
-                    record = decode(event.value, schema)
+                    record = decode(event.value)
                     if validate is not None:
                         validate(record)
                 except (CodecError, RecordRejected) as error:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from connectors.cassandra import CassandraSink
+from streams.bus.batching import BatchItem
 from streams.metrics import api
 from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
 from streams.metrics.model import latest_entry, newest, raw_point_row, series_key, validate_point
@@ -35,28 +37,27 @@ def register(runtime: Runtime) -> None:
                     as_current_event(item)
                     latest[key] = latest_entry(point)
 
-    @runtime.app.agent(points, name=POINTS_TO_CASSANDRA)
-    async def points_to_cassandra(stream):  # type: ignore[no-untyped-def]
-        settings = runtime.settings
-        sink = CassandraSink(
-            settings.cassandra_contact_points,
-            settings.cassandra_keyspace,
-            datacenter=settings.cassandra_datacenter,
-        )
-        await sink.open()
-        await sink.ensure_table(RAW_POINTS)
-        try:
-            async for batch in runtime.decoded_batches(
-                stream, POINTS_TO_CASSANDRA, POINT_SCHEMA, validate=validate_point
-            ):
-                by_ttl: dict[int, list[dict]] = {}
-                for item in batch:
-                    by_ttl.setdefault(item.record["ttl_seconds"], []).append(
-                        raw_point_row(item.record)
-                    )
-                for ttl, rows in by_ttl.items():
-                    await sink.upsert(RAW_POINTS.name, rows, ttl_seconds=ttl)
-        finally:
-            sink.close()
+    sink = CassandraSink(
+        runtime.settings.cassandra_contact_points,
+        runtime.settings.cassandra_keyspace,
+        datacenter=runtime.settings.cassandra_datacenter,
+    )
+    ready = asyncio.Event()
+
+    @runtime.batch_agent(POINTS_TO_CASSANDRA, POINTS_TOPIC, POINT_SCHEMA, validate=validate_point)
+    async def points_to_cassandra(batch: list[BatchItem]) -> None:
+        if not ready.is_set():
+            await sink.open()
+            await sink.ensure_table(RAW_POINTS)
+            ready.set()
+        by_ttl: dict[int, list[dict]] = {}
+        for item in batch:
+            by_ttl.setdefault(item.record["ttl_seconds"], []).append(raw_point_row(item.record))
+        for ttl, rows in by_ttl.items():
+            await sink.upsert(RAW_POINTS.name, rows, ttl_seconds=ttl)
+
+    @runtime.app.on_before_shutdown.connect
+    async def close_sink(app: object, **kwargs: object) -> None:
+        sink.close()
 
     api.register(runtime, latest, points)

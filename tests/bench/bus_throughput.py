@@ -199,33 +199,46 @@ def faust_child(config_path: Path) -> None:
     result_path = Path(config["result"])
     profiler = cProfile.Profile() if config.get("profile") else None
 
-    @runtime.app.agent(runtime.topic(POINTS_TOPIC), name=AGENT)
-    async def count_points(stream):  # type: ignore[no-untyped-def]
-        counted = 0
-        first_at: float | None = None
-        first_batch = 0
-        async for batch in runtime.decoded_batches(stream, AGENT, POINT_SCHEMA):
-            counted += len(batch)
-            if first_at is None:
-                first_at, first_batch = time.perf_counter(), len(batch)
-                if profiler is not None:
-                    profiler.enable()
-            if counted >= target and not result_path.exists():
-                done_at = time.perf_counter()
-                if profiler is not None:
-                    profiler.disable()
-                    profiler.dump_stats(config["profile"])
-                result = PathResult(
-                    path="a: Faust agent",
-                    records=counted,
-                    timed_records=counted - first_batch,
-                    seconds=done_at - first_at,
-                    startup_seconds=first_at - started,
-                    rejected=runtime.liveness[AGENT].rejected,
-                )
-                partial = result_path.with_suffix(".partial")
-                partial.write_text(json.dumps(asdict(result)))
-                partial.rename(result_path)
+    counted = 0
+    first_at: float | None = None
+    first_batch = 0
+
+    def count(size: int, path: str) -> None:
+        nonlocal counted, first_at, first_batch
+        counted += size
+        if first_at is None:
+            first_at, first_batch = time.perf_counter(), size
+            if profiler is not None:
+                profiler.enable()
+        if counted >= target and not result_path.exists():
+            done_at = time.perf_counter()
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(config["profile"])
+            result = PathResult(
+                path=path,
+                records=counted,
+                timed_records=counted - first_batch,
+                seconds=done_at - first_at,
+                startup_seconds=first_at - started,
+                rejected=runtime.liveness[AGENT].rejected,
+            )
+            partial = result_path.with_suffix(".partial")
+            partial.write_text(json.dumps(asdict(result)))
+            partial.rename(result_path)
+
+    if config.get("mode") == "batch":
+
+        @runtime.batch_agent(AGENT, POINTS_TOPIC, POINT_SCHEMA)
+        async def count_batches(batch: list) -> None:
+            count(len(batch), "c: batch agent")
+
+    else:
+
+        @runtime.app.agent(runtime.topic(POINTS_TOPIC), name=AGENT)
+        async def count_points(stream):  # type: ignore[no-untyped-def]
+            async for batch in runtime.decoded_batches(stream, AGENT, POINT_SCHEMA):
+                count(len(batch), "a: Faust agent")
 
     faust.Worker(runtime.app, loglevel="warning").execute_from_commandline()
 
@@ -238,14 +251,19 @@ def run_faust(
     timeout: float,
     profile: Path | None,
     app_options: dict[str, Any],
+    mode: str = "faust",
 ) -> PathResult:
-    """Start the Faust child, wait for its result file, then stop it as `running_worker` does."""
-    result_path = workdir / "faust-result.json"
-    log_path = workdir / "faust-worker.log"
-    config_path = workdir / "faust-config.json"
+    """Start the worker child, wait for its result file, then stop it as `running_worker` does.
+
+    `mode` "faust" counts in a Faust agent (path a), "batch" in a batch agent (path c).
+    """
+    result_path = workdir / f"{mode}-result.json"
+    log_path = workdir / f"{mode}-worker.log"
+    config_path = workdir / f"{mode}-config.json"
     config = {
+        "mode": mode,
         "kafka": kafka,
-        "app_id": run_id,
+        "app_id": f"{run_id}-{mode}",
         "topic_prefix": f"{run_id}.",
         "data_dir": str(workdir / "worker"),
         "web_port": _free_port(),
@@ -391,6 +409,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.profile,
                     args.faust_options,
                 )
+            with console.status("(c) batch agent consuming"):
+                batch_result = run_faust(
+                    args.kafka,
+                    run_id,
+                    args.records,
+                    Path(workdir),
+                    args.timeout,
+                    None,
+                    args.faust_options,
+                    mode="batch",
+                )
             with console.status("(b) confluent-kafka loop consuming"):
                 confluent_result = run_confluent(
                     args.kafka,
@@ -402,11 +431,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.timeout,
                 )
     finally:
-        problems = delete_run_leftovers(args.kafka, run_id, [run_id, confluent_group])
+        problems = delete_run_leftovers(
+            args.kafka,
+            run_id,
+            [f"{run_id}-faust", f"{run_id}-batch", f"{run_id}-batch-{AGENT}", confluent_group],
+        )
         for problem in problems:
             console.print(f"[yellow]cleanup:[/yellow] {problem}", highlight=False)
 
-    results = [faust_result, confluent_result]
+    results = [faust_result, batch_result, confluent_result]
     table = Table(title=f"bus throughput, {args.records:,} records")
     for column in ("path", "records", "timed", "seconds", "records/s", "start-up s"):
         table.add_column(column, justify="left" if column == "path" else "right")
@@ -423,7 +456,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.faust_options:
         console.print(f"Faust options for a: {args.faust_options}", highlight=False)
     ratio = faust_result.rate / confluent_result.rate
+    batch_ratio = batch_result.rate / confluent_result.rate
     console.print(f"ratio a/b: {ratio:.3f} (Faust reaches {ratio:.1%} of the plain loop)")
+    console.print(
+        f"ratio c/b: {batch_ratio:.3f} (the batch agent reaches {batch_ratio:.1%} of the loop)"
+    )
     for result in results:
         if not result.timed_records:
             console.print(
@@ -442,6 +479,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "produce_rate": args.records / produce_seconds,
         "paths": [{**asdict(result), "rate": result.rate} for result in results],
         "ratio_a_b": ratio,
+        "ratio_c_b": batch_ratio,
     }
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

@@ -156,3 +156,17 @@ def test_arbitrary_bytes_only_ever_raise_codec_errors(data: bytes) -> None:
 def test_schema_fingerprint_matches_header(codec: AvroCodec) -> None:
     schema = codec.registry.get(POINT)
     assert schema_fingerprint(schema.parsed) == schema.fingerprint
+
+
+def test_the_fast_decoder_agrees_with_decode(codec: AvroCodec) -> None:
+    decode = codec.decoder(POINT)
+    data = codec.encode(POINT, point(value=3.5))
+    assert decode(data) == codec.decode(data, POINT) == point(value=3.5)
+    for bad, error in [
+        (data[:-2], CorruptRecord),
+        (data + b"\x00", CorruptRecord),
+        (b"junk", NotSingleObjectEncoded),
+        (b"\xc3\x01" + b"\x07" * 8, UnknownSchema),
+    ]:
+        with pytest.raises(error):
+            decode(bad)

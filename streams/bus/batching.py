@@ -1,0 +1,204 @@
+"""Batch agents: consumer-group members that hand decoded batches to a handler.
+
+Faust delivers records one at a time through several tasks and event-loop passes each, which
+caps an agent near 5,000 records/s on this hardware (docs/benchmarks.md). High-volume topics are
+read here instead with confluent-kafka's batch `consume` in a dedicated thread: the handler gets
+up to `max_records` decoded records at once, and offsets are committed only after it returns, so
+a crash replays the batch (handlers must be idempotent, as every sink here is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from streams.bus.codec import CodecError
+from streams.errors import RecordRejected
+
+if TYPE_CHECKING:
+    from streams.app import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceMessage:
+    """Where a record came from: the fields dead letters and handlers need."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A consumed record's origin, shaped like a Faust event (`.message`) for dead letters."""
+
+    message: SourceMessage
+
+
+class BatchItem:
+    """One decoded, validated record of a batch, with the Kafka message it came in."""
+
+    __slots__ = ("message", "record")
+
+    def __init__(self, message: Message, record: dict[str, Any]) -> None:
+        self.message = message
+        self.record = record
+
+    @property
+    def partition(self) -> int:
+        return self.message.partition()  # type: ignore[no-any-return]
+
+    @property
+    def offset(self) -> int:
+        return self.message.offset()  # type: ignore[no-any-return]
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(_source_message(self.message))
+
+
+BatchHandler = Callable[[list[BatchItem]], Awaitable[None]]
+RevokeHandler = Callable[[list[int]], Awaitable[None]]
+
+
+def _source_message(message: Message) -> SourceMessage:
+    _, timestamp_ms = message.timestamp()
+    return SourceMessage(
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        timestamp=timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else 0.0,
+        key=message.key(),
+        value=message.value(),
+        headers=list(message.headers() or []),
+    )
+
+
+class BatchAgent:
+    """Consumes one declared topic in a consumer group of its own and feeds a handler batches."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        name: str,
+        topic: str,
+        schema: str,
+        handler: BatchHandler,
+        *,
+        validate: Callable[[dict[str, Any]], None] | None = None,
+        on_revoked: RevokeHandler | None = None,
+        max_records: int = 5000,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        runtime.topology.agent(name)
+        self.runtime = runtime
+        self.name = name
+        self.topic = runtime.kafka_topic_name(topic)
+        self.schema = schema
+        self.handler = handler
+        self.validate = validate
+        self.on_revoked = on_revoked
+        self.max_records = max_records
+        self.poll_seconds = poll_seconds
+        self.group_id = f"{runtime.settings.app_id}-{name}"
+        self._revoked: list[int] = []
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._consumer: Consumer | None = None
+
+    def _create_consumer(self) -> Consumer:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.runtime.settings.kafka,
+                "group.id": self.group_id,
+                "client.id": f"{self.group_id}-{id(self):x}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "fetch.min.bytes": 1,
+                "queued.max.messages.kbytes": 65536,
+            }
+        )
+        consumer.subscribe([self.topic], on_revoke=self._note_revoked, on_lost=self._note_revoked)
+        return consumer
+
+    def _note_revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked.extend(tp.partition for tp in partitions)
+
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+    async def run(self) -> None:
+        """Consume until cancelled; commits after every handled batch.
+
+        Commits are asynchronous: a lost commit only means the batch is handled again, which
+        idempotent handlers absorb; waiting for each would cost a broker round trip per batch.
+        """
+        self._consumer = await self._call(self._create_consumer)
+        liveness = self.runtime.agent_liveness(self.name)
+        decode = self.runtime.codec.decoder(self.schema)
+        validate = self.validate
+        try:
+            while True:
+                messages: list[Message] = await self._call(
+                    self._consumer.consume, self.max_records, self.poll_seconds
+                )
+                if self._revoked and self.on_revoked is not None:
+                    revoked, self._revoked = self._revoked, []
+                    await self.on_revoked(revoked)
+                if not messages:
+                    continue
+                batch: list[BatchItem] = []
+                rejected = 0
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("%s: consume error %s", self.name, error)
+                        continue
+                    try:
+                        record = decode(message.value())
+                        if validate is not None:
+                            validate(record)
+                    except (CodecError, RecordRejected) as failure:
+                        rejected += 1
+                        await self.runtime.dead_letter(
+                            Origin(_source_message(message)),
+                            self.name,
+                            failure.error_type,
+                            str(failure),
+                        )
+                        continue
+                    batch.append(BatchItem(message, record))
+                if batch:
+                    await self.handler(batch)
+                liveness.observe(len(batch), rejected)
+                await self._call(self._commit, messages)
+        finally:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await self._call(consumer.close)
+
+    def _commit(self, messages: Sequence[Message]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                last[(message.topic(), message.partition())] = message.offset()
+        if not last:
+            return
+        offsets = [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)  # type: ignore[union-attr]
+        except Exception as error:
+            log.warning("%s: commit failed (%s); the batch will be seen again", self.name, error)
