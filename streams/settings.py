@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     registry_self_preservation: bool = True
     registry_renewal_percent_threshold: float = Field(default=0.85, gt=0, le=1)
     registry_expected_renewal_interval_s: int = Field(default=30, gt=0)
+    registry_renewal_rate_window_s: float = Field(
+        default=60.0, gt=0, description="renewals are counted per window (Eureka: one minute)"
+    )
     registry_threshold_update_interval_s: float = Field(default=900.0, gt=0)
     registry_delta_retention_s: float = Field(default=180.0, gt=0)
     registry_read_your_writes_timeout_s: float = Field(

@@ -61,6 +61,7 @@ class Registry:
         self.instances = instances
         self.state = state
         self.partitions = runtime.topology.topic(EVENTS_TOPIC).partitions
+        self.window_ms = int(self.settings.registry_renewal_rate_window_s * 1000)
         self._expiring: dict[str, float] = {}
         self._purged_at: dict[int, int] = {}
 
@@ -78,6 +79,17 @@ class Registry:
             tp.partition for tp in self.runtime.app.assignor.assigned_actives() if tp.topic == topic
         }
 
+    def ready(self) -> bool:
+        """Whether this worker can take a write now: partitions assigned, tables recovered.
+
+        Between a rebalance and the end of table recovery Faust pauses the source partitions and
+        has not resumed the global tables' standby partitions, so a write would be applied (and
+        seen here) only seconds later; writes are answered 503 with Retry-After instead.
+        """
+        app = self.runtime.app
+        recovery = app.tables.recovery
+        return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+
     def partition_states(self) -> list[dict[str, Any]]:
         states = (self.state.get(partition_key(p)) for p in range(self.partitions))
         return [state for state in states if state is not None]
@@ -92,8 +104,11 @@ class Registry:
             expected,
             settings.registry_expected_renewal_interval_s,
             settings.registry_renewal_percent_threshold,
+            settings.registry_renewal_rate_window_s,
         )
-        renews = sum(renews_last_minute(s.get("rate"), now) for s in self.partition_states())
+        renews = sum(
+            renews_last_minute(s.get("rate"), now, self.window_ms) for s in self.partition_states()
+        )
         enabled = lease_expiration_enabled(settings.registry_self_preservation, threshold, renews)
         return {
             "self_preservation_enabled": settings.registry_self_preservation,
@@ -104,8 +119,10 @@ class Registry:
             "renews_last_min": renews,
             "registered_instances": sum(1 for e in self.entries() if is_live(e)),
             "renewal_percent_threshold": settings.registry_renewal_percent_threshold,
+            "renewal_window_s": settings.registry_renewal_rate_window_s,
             "last_threshold_update_ms": registry.get("threshold_updated_ms", 0),
             "owned_partitions": sorted(self.owned_partitions()),
+            "ready": self.ready(),
         }
 
     async def wait_for(self, key: str, since_ms: int) -> bool:
@@ -165,7 +182,7 @@ class Registry:
             change, change_item = lease_changes.get(partition, (0, None))
             state = dict(self.state.get(partition_key(partition)) or {"partition": partition})
             if count:
-                state["rate"] = count_renewal(state.get("rate"), at_ms, count)
+                state["rate"] = count_renewal(state.get("rate"), at_ms, count, self.window_ms)
             state["lease_delta"] = state.get("lease_delta", 0) + change
             set_current(renew_item or change_item)
             self.state[partition_key(partition)] = state
@@ -267,6 +284,7 @@ class Registry:
                 expected,
                 settings.registry_expected_renewal_interval_s,
                 settings.registry_renewal_percent_threshold,
+                settings.registry_renewal_rate_window_s,
             )
             await self.publish(
                 registry_event(

@@ -8,22 +8,16 @@ are XML unless `Accept` contains `json`, gzip when `Accept-Encoding` asks for it
 from __future__ import annotations
 
 import gzip
+import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
+from faust.exceptions import FaustError
 from faust.web import View
 
 from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
-from streams.registry.codec import (
-    JSON_TYPE,
-    XML_TYPE,
-    DocumentError,
-    parse_register_body,
-    render_application,
-    render_applications,
-    render_instance,
-)
 from streams.registry.events import registry_event
 from streams.registry.model import (
     CANCEL,
@@ -44,12 +38,24 @@ from streams.registry.model import (
     validate_instance,
     with_vip,
 )
+from streams.sdk.eureka import (
+    JSON_TYPE,
+    XML_TYPE,
+    DocumentError,
+    parse_register_body,
+    render_application,
+    render_applications,
+    render_instance,
+)
 
 if TYPE_CHECKING:
     from streams.app import Runtime
     from streams.registry.agents import Registry
 
 TAG = "registry"
+NOT_READY = "this worker is starting or rebalancing and cannot take writes yet; retry shortly"
+NOT_TAKEN = "Kafka did not acknowledge the change; it was not applied, retry shortly"
+log = logging.getLogger(__name__)
 
 
 class BadParameter(Exception):
@@ -110,6 +116,19 @@ def register(runtime: Runtime, registry: Registry) -> None:
         def empty(self, status: int) -> Any:
             return self.bytes(b"", status=status)
 
+        def unavailable(self, reason: str) -> Any:
+            """503 + Retry-After: the write was not taken; Eureka clients retry it."""
+            return self.json(error_body(None, reason), status=503, headers={"Retry-After": "1"})
+
+        async def published(self, record: dict[str, Any]) -> bool:
+            """Produce one event and wait for Kafka's ack; False when it was not taken."""
+            try:
+                await registry.publish(record)
+            except (KafkaError, FaustError) as error:
+                log.warning("registry: write not taken, answered 503: %r", error)
+                return False
+            return True
+
         @staticmethod
         def parts(path: str) -> list[str]:
             pieces = [piece for piece in path.split("/") if piece]
@@ -165,8 +184,10 @@ def register(runtime: Runtime, registry: Registry) -> None:
                 validate_instance(instance, parts[1])
             except (DocumentError, InvalidRegistration) as error:
                 return self.problem(400, error.field, error.reason)
+            if not registry.ready():
+                return self.unavailable(NOT_READY)
             stamp = now_ms()
-            await registry.publish(
+            taken = await self.published(
                 registry_event(
                     REGISTER,
                     instance["app"],
@@ -178,11 +199,15 @@ def register(runtime: Runtime, registry: Registry) -> None:
                     origin=request.remote,
                 )
             )
+            if not taken:
+                return self.unavailable(NOT_TAKEN)
             await registry.wait_for(instance_key(instance["app"], instance["instance_id"]), stamp)
             return self.empty(204)
 
         async def put(self, request: Any, path: str = "") -> Any:
             parts = self.parts(path)
+            if not registry.ready():
+                return self.unavailable(NOT_READY)
             try:
                 if len(parts) == 3 and parts[0] == "apps":
                     return await self.heartbeat(request, parts[1], parts[2])
@@ -196,6 +221,8 @@ def register(runtime: Runtime, registry: Registry) -> None:
 
         async def delete(self, request: Any, path: str = "") -> Any:
             parts = self.parts(path)
+            if not registry.ready():
+                return self.unavailable(NOT_READY)
             try:
                 if len(parts) == 3 and parts[0] == "apps":
                     return await self.change(request, CANCEL, parts[1], parts[2])
@@ -225,7 +252,7 @@ def register(runtime: Runtime, registry: Registry) -> None:
                 document = entry["instance"]
                 status = effective_status(document["status"], entry.get("override"), None)
                 if status != "UNKNOWN":
-                    await registry.publish(
+                    taken = await self.published(
                         registry_event(
                             RENEW,
                             app_name,
@@ -237,6 +264,8 @@ def register(runtime: Runtime, registry: Registry) -> None:
                             origin=request.remote,
                         )
                     )
+                    if not taken:
+                        return self.unavailable(NOT_TAKEN)
             if outcome == 404:
                 return self.problem(404, "id", f"no lease for {instance_id}: register again")
             return self.empty(200)
@@ -263,7 +292,7 @@ def register(runtime: Runtime, registry: Registry) -> None:
             if not is_live(registry.instances.get(key)):
                 return self.problem(404, "id", f"no instance {instance_id} of {app_name.upper()}")
             stamp = now_ms()
-            await registry.publish(
+            taken = await self.published(
                 registry_event(
                     action,
                     app_name,
@@ -273,6 +302,8 @@ def register(runtime: Runtime, registry: Registry) -> None:
                     **fields,
                 )
             )
+            if not taken:
+                return self.unavailable(NOT_TAKEN)
             await registry.wait_for(key, stamp)
             return self.empty(200)
 
@@ -437,6 +468,15 @@ def _document(runtime: Runtime) -> None:
             },
             TAG,
         )
+    unavailable = {
+        "description": "starting or rebalancing, or Kafka did not ack: not taken; retry",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    for path, item in openapi.paths.items():
+        for method in ("post", "put", "delete"):
+            if path.startswith("/eureka/") and method in item:
+                item[method]["responses"]["503"] = unavailable
     openapi.add(
         "/registry/status",
         {

@@ -333,9 +333,14 @@ def choose_evictions(
 # --- self-preservation -----------------------------------------------------------------------
 
 
-def renewal_threshold(expected_clients: int, expected_interval_s: int, percent: float) -> int:
-    """Renewals per minute needed before leases may expire: int(expected x 60/interval x %)."""
-    return int(expected_clients * (60 / expected_interval_s) * percent)
+def renewal_threshold(
+    expected_clients: int, expected_interval_s: int, percent: float, window_s: float = 60.0
+) -> int:
+    """Renewals per window needed before leases may expire: int(expected x window/interval x %).
+
+    Eureka's window is one minute; a shorter one lets tests see self-preservation in seconds.
+    """
+    return int(expected_clients * (window_s / expected_interval_s) * percent)
 
 
 def lease_expiration_enabled(
@@ -347,9 +352,14 @@ def lease_expiration_enabled(
     return threshold_per_min > 0 and renews_last_min > threshold_per_min
 
 
-def count_renewal(rate: Mapping[str, int] | None, now_ms: int, count: int = 1) -> dict[str, int]:
-    """A per-minute renewal counter (Eureka's MeasuredRate) after `count` renewals at `now_ms`."""
-    minute = now_ms // 60_000
+def count_renewal(
+    rate: Mapping[str, int] | None, now_ms: int, count: int = 1, window_ms: int = 60_000
+) -> dict[str, int]:
+    """A per-window renewal counter (Eureka's MeasuredRate) after `count` renewals at `now_ms`.
+
+    `minute` is the index of the current window (a minute with Eureka's default window).
+    """
+    minute = now_ms // window_ms
     if rate is None or rate["minute"] < minute:
         last = rate["current"] if rate is not None and rate["minute"] == minute - 1 else 0
         return {"minute": minute, "current": count, "last": last}
@@ -358,11 +368,11 @@ def count_renewal(rate: Mapping[str, int] | None, now_ms: int, count: int = 1) -
     return {"minute": minute, "current": rate["current"] + count, "last": rate["last"]}
 
 
-def renews_last_minute(rate: Mapping[str, int] | None, now_ms: int) -> int:
-    """Renewals counted in the last complete minute, as of `now_ms`."""
+def renews_last_minute(rate: Mapping[str, int] | None, now_ms: int, window_ms: int = 60_000) -> int:
+    """Renewals counted in the last complete window (minute), as of `now_ms`."""
     if rate is None:
         return 0
-    minute = now_ms // 60_000
+    minute = now_ms // window_ms
     if rate["minute"] == minute:
         return rate["last"]
     if rate["minute"] == minute - 1:

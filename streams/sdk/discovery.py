@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from streams.errors import StackstreamError
-from streams.registry.codec import applications_from_json
+from streams.sdk.eureka import applications_from_json
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

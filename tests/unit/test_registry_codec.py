@@ -7,7 +7,7 @@ from xml.etree.ElementTree import fromstring
 
 import pytest
 
-from streams.registry.codec import (
+from streams.sdk.eureka import (
     DocumentError,
     applications_from_json,
     instance_to_wire,

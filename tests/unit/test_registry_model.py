@@ -343,3 +343,13 @@ def test_events_no_worker_can_apply_are_rejected() -> None:
         validate_event(event(STATUS_OVERRIDE, T0))
     with pytest.raises(RecordRejected, match="status"):
         validate_event(event(RENEW, T0, status="SLEEPY"))
+
+
+def test_a_shorter_renewal_window_scales_the_threshold_and_the_counter() -> None:
+    assert renewal_threshold(4, 1, 0.85, window_s=2) == 6
+    assert renewal_threshold(4, 30, 0.85) == renewal_threshold(4, 30, 0.85, window_s=60) == 6
+    rate = count_renewal(None, T0, 3, window_ms=2_000)
+    rate = count_renewal(rate, T0 + 2_000, 1, window_ms=2_000)
+    assert renews_last_minute(rate, T0 + 2_500, window_ms=2_000) == 3
+    assert renews_last_minute(rate, T0 + 4_000, window_ms=2_000) == 1
+    assert renews_last_minute(rate, T0 + 6_000, window_ms=2_000) == 0

@@ -1,7 +1,8 @@
 """Eureka's wire documents in JSON and XML, to and from `InstanceInfo` records.
 
-Pure (standard library and defusedxml only), so the SDK can read the registry's answers with
-the same code the worker writes them with. Records use the Avro field names of
+Pure (standard library and defusedxml only). It lives in the SDK so that applications read the
+registry's answers with the same code the worker (`streams.registry.api`) writes them with,
+without importing a worker module (DESIGN rule 10). Records use the Avro field names of
 `stackstream.registry.InstanceInfo`; the wire uses Eureka's names and quirks (port `$` and
 `@enabled`, `dataCenterInfo` `@class`, `overriddenStatus`/`overriddenstatus`, string scalars,
 `java.util.Collections$EmptyMap` for empty metadata).

@@ -1,0 +1,220 @@
+"""Registry propagation and eviction under load: two local workers, N instances heartbeating.
+
+    python tests/bench/registry.py [--instances 2000] [--probes 100] [--lease 5] [--kafka ADDR]
+
+Two `stackstream worker` child processes (domains bus,registry, fresh topic prefix) on
+127.0.0.1. N instances register on worker A and heartbeat every `--renew` seconds for the whole
+run. Meanwhile `--probes` PROBE instances register one at a time on A; for each, from the moment
+its register call returns: time until it is in `GET /eureka/apps/PROBE` on worker B (the same
+table read as `GET /eureka/apps`, without rendering N instances per poll) and until it is in an
+SDK `DiscoveryClient`'s local copy (push via registry.events, client on B). Probes use a short
+lease and never renew: time from their last heartbeat (the register) to their absence on B is
+the eviction time. Prints p50/p99 and the targets (p99 <= 1 s; eviction <= lease + 5 s).
+Bounded: at most `--time-limit` seconds. Not a pytest test; nothing runs on import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def body(app: str, instance_id: str, lease_s: int, renew_s: int) -> bytes:
+    return json.dumps(
+        {
+            "instance": {
+                "instanceId": instance_id,
+                "hostName": "127.0.0.1",
+                "app": app,
+                "ipAddr": "127.0.0.1",
+                "status": "UP",
+                "port": {"$": 8080, "@enabled": "true"},
+                "dataCenterInfo": {
+                    "@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
+                    "name": "MyOwn",
+                },
+                "leaseInfo": {"renewalIntervalInSecs": renew_s, "durationInSecs": lease_s},
+                "vipAddress": app.lower(),
+            }
+        }
+    ).encode()
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def report(name: str, values: list[float], target: float) -> None:
+    if not values:
+        print(f"{name}: no samples")
+        return
+    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+    verdict = "meets" if p99 <= target else "MISSES"
+    print(
+        f"{name}: n={len(values)} p50={p50 * 1000:.0f} ms p99={p99 * 1000:.0f} ms "
+        f"max={max(values) * 1000:.0f} ms mean={statistics.mean(values) * 1000:.0f} ms "
+        f"({verdict} target p99 <= {target:.1f} s)"
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    import httpx
+
+    from streams.sdk.discovery import DiscoveryClient
+    from streams.settings import Settings
+    from tests.conftest import _free_port
+    from tests.integration.worker import apply_topics, eventually, get_json, running_worker
+
+    tag = f"bench{uuid.uuid4().hex[:6]}"
+    folder = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
+    settings = Settings(
+        kafka=args.kafka,
+        app_id=tag,
+        topic_prefix=f"{tag}.",
+        data_dir=folder / "a",
+        web_port=_free_port(),
+        domains="bus,registry",
+        registry_self_preservation=False,
+        registry_eviction_interval_s=0.5,
+    )
+    apply_topics(settings)
+    other = settings.model_copy(update={"web_port": _free_port(), "data_dir": folder / "b"})
+    a, b = (f"http://127.0.0.1:{s.web_port}" for s in (settings, other))
+    deadline = time.monotonic() + args.time_limit
+    json_type = {"Content-Type": "application/json"}
+    with running_worker(settings, folder / "a.log"), running_worker(other, folder / "b.log"):
+
+        def ready() -> bool:
+            states = [get_json(f"{x}/registry/status") for x in (a, b)]
+            owned = [set(s[1]["owned_partitions"]) for s in states if s[0] == 200]
+            return (
+                len(owned) == 2
+                and all(s[1]["ready"] for s in states)
+                and all(owned)
+                and (owned[0] | owned[1] == {0, 1, 2, 3})
+            )
+
+        eventually(ready, 180, "both workers ready", folder / "a.log")
+        limits = httpx.Limits(max_connections=args.concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            gate = asyncio.Semaphore(args.concurrency)
+
+            async def send(method: str, url: str, content: bytes | None = None) -> int:
+                async with gate:
+                    response = await http.request(method, url, content=content, headers=json_type)
+                    return response.status_code
+
+            started = time.monotonic()
+            names = [(f"SVC{i % 50}", f"inst-{i}") for i in range(args.instances)]
+            codes = await asyncio.gather(
+                *(
+                    send("POST", f"{a}/eureka/apps/{app}", body(app, i, 90, args.renew))
+                    for app, i in names
+                )
+            )
+            took = time.monotonic() - started
+            print(
+                f"registered {codes.count(204)}/{len(names)} instances on A in {took:.1f} s "
+                f"({len(names) / took:.0f}/s; non-204: {len(names) - codes.count(204)})"
+            )
+            stop = asyncio.Event()
+            beats = {"sent": 0, "ok": 0}
+
+            async def heartbeat_forever() -> None:
+                while not stop.is_set():
+                    round_started = time.monotonic()
+                    for start in range(0, len(names), 200):
+                        chunk = names[start : start + 200]
+                        results = await asyncio.gather(
+                            *(
+                                send("PUT", f"{a if n % 2 else b}/eureka/apps/{app}/{i}?status=UP")
+                                for n, (app, i) in enumerate(chunk, start)
+                            )
+                        )
+                        beats["sent"] += len(results)
+                        beats["ok"] += results.count(200)
+                    await asyncio.sleep(max(0.0, args.renew - (time.monotonic() - round_started)))
+
+            heartbeating = asyncio.create_task(heartbeat_forever())
+            to_b: list[float] = []
+            to_sdk: list[float] = []
+            registered_at: dict[str, float] = {}
+            with DiscoveryClient(
+                f"{b}/eureka/", poll_interval_s=30, kafka=args.kafka, topic_prefix=f"{tag}."
+            ) as discovery:
+                await asyncio.sleep(2)  # the push consumer joins its partitions
+                for n in range(args.probes):
+                    if time.monotonic() > deadline:
+                        break
+                    instance_id = f"probe-{n}"
+                    code = await send(
+                        "POST", f"{a}/eureka/apps/PROBE", body("PROBE", instance_id, args.lease, 30)
+                    )
+                    returned = time.monotonic()
+                    registered_at[instance_id] = returned
+                    if code != 204:
+                        print(f"probe {instance_id}: register answered {code}")
+                        continue
+                    seen_b = seen_sdk = None
+                    while (seen_b is None or seen_sdk is None) and time.monotonic() - returned < 10:
+                        if seen_sdk is None and any(
+                            x["instance_id"] == instance_id for x in discovery.instances("probe")
+                        ):
+                            seen_sdk = time.monotonic() - returned
+                        if seen_b is None:
+                            response = await http.get(
+                                f"{b}/eureka/apps/PROBE", headers={"Accept": "application/json"}
+                            )
+                            if instance_id.encode() in response.content:
+                                seen_b = time.monotonic() - returned
+                        await asyncio.sleep(0.005)
+                    to_b.append(seen_b if seen_b is not None else 10.0)
+                    to_sdk.append(seen_sdk if seen_sdk is not None else 10.0)
+                evictions: list[float] = []
+                pending = dict(registered_at)
+                while pending and time.monotonic() < deadline + args.lease + 15:
+                    response = await http.get(
+                        f"{b}/eureka/apps/PROBE", headers={"Accept": "application/json"}
+                    )
+                    now = time.monotonic()
+                    for instance_id in list(pending):
+                        if instance_id.encode() not in response.content:
+                            evictions.append(now - pending.pop(instance_id))
+                    await asyncio.sleep(0.1)
+            stop.set()
+            await heartbeating
+        print(f"heartbeats: {beats['ok']}/{beats['sent']} answered 200 over the run")
+        report("register -> visible on worker B (GET /eureka/apps/PROBE)", to_b, 1.0)
+        report("register -> in the SDK client's local copy (push)", to_sdk, 1.0)
+        report(
+            f"last heartbeat -> evicted on B (lease {args.lease} s)", evictions, args.lease + 5.0
+        )
+        print(f"not evicted within the bound: {len(pending)}; worker logs in {folder}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--lease", type=int, default=5)
+    parser.add_argument("--renew", type=int, default=10, help="heartbeat interval of the N")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--time-limit", type=float, default=240.0)
+    parser.add_argument("--kafka", default="127.0.0.1:19092")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The registry's apply agent in Faust's test context: events in, table entries out, no Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streams.app import Runtime
+from streams.registry.agents import APPLY_EVENTS, Registry
+from streams.registry.events import EVENT_SCHEMA, registry_event
+from streams.registry.model import (
+    CANCEL,
+    REGISTER,
+    REGISTRY_KEY,
+    RENEW,
+    SELF_PRESERVATION_ON,
+    STATUS_OVERRIDE,
+    instance_key,
+)
+from streams.registry.tables import partition_key
+from streams.settings import Settings
+from tests.unit.test_registry_model import T0, instance
+
+KEY = instance_key("ORDERS", "10.0.0.1:orders:8080")
+
+
+@pytest.fixture
+def runtime(unit_settings: Settings) -> Runtime:
+    runtime = Runtime(unit_settings.model_copy(update={"domains": "bus,registry"}))
+    runtime.app.finalize()
+    runtime.app.flow_control.resume()
+    sent: list[tuple[str, Any, str, dict]] = []
+
+    async def capture(topic: str, key: Any, schema: str, record: dict, **options: Any) -> None:
+        sent.append((topic, key, schema, record))
+
+    runtime.send = capture  # type: ignore[method-assign]
+    runtime.context["sent"] = sent
+    return runtime
+
+
+def event(action: str, at: int, **fields: Any) -> dict[str, Any]:
+    return registry_event(action, "ORDERS", "10.0.0.1:orders:8080", timestamp_ms=at, **fields)
+
+
+async def settle(check: Callable[[], bool]) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the agent did not apply the events in time")
+
+
+async def test_events_become_entries_lease_accounting_and_dead_letters(runtime: Runtime) -> None:
+    registry: Registry = runtime.context["registry"]
+    agent = runtime.app.agents[APPLY_EVENTS]
+    encode = runtime.codec.encode
+    async with agent.test_context() as context:
+        await context.put(
+            encode(EVENT_SCHEMA, event(REGISTER, T0, instance=instance())),
+            key=KEY.encode(),
+            partition=2,
+        )
+        for step in (1, 2, 3):
+            await context.put(
+                encode(EVENT_SCHEMA, event(RENEW, T0 + step * 1000)), key=KEY.encode(), partition=2
+            )
+        await context.put(
+            encode(EVENT_SCHEMA, event(STATUS_OVERRIDE, T0 + 4000, overridden_status="DOWN")),
+            key=KEY.encode(),
+            partition=2,
+        )
+        await context.put(b"not a registry event", key=KEY.encode(), partition=2)
+        await context.put(
+            encode(EVENT_SCHEMA, registry_event(REGISTER, "ORDERS", "x-1", timestamp_ms=T0)),
+            key=b"ORDERS/x-1",
+            partition=1,
+        )
+        await context.put(
+            encode(EVENT_SCHEMA, registry_event(SELF_PRESERVATION_ON, timestamp_ms=T0)),
+            key=REGISTRY_KEY.encode(),
+            partition=0,
+        )
+        await settle(lambda: len(runtime.context["sent"]) == 2 and REGISTRY_KEY in registry.state)
+
+    entry = registry.instances[KEY]
+    assert entry["partition"] == 2
+    assert entry["instance"]["status"] == "DOWN" and entry["override"] == "DOWN"
+    assert entry["instance"]["lease_info"]["last_renewal_timestamp_ms"] == T0 + 3000
+    assert entry["action_type"] == "MODIFIED"
+    assert "ORDERS/x-1" not in registry.instances, "a register without a document is rejected"
+
+    accounting = registry.state[partition_key(2)]
+    assert accounting["lease_delta"] == 1
+    assert accounting["rate"]["current"] == 3, "three renewals counted, the register excluded"
+    assert registry.state[REGISTRY_KEY]["self_preservation_active"] is True
+
+    dead = runtime.context["sent"]
+    assert [entry[0] for entry in dead] == ["bus.deadletters"] * 2
+    assert [entry[3]["error_type"] for entry in dead] == ["decode", "validation"]
+    assert "instance" in dead[1][3]["reason"]
+    assert runtime.liveness[APPLY_EVENTS].snapshot()["rejected"] == 2
+
+    async with agent.test_context() as context:
+        await context.put(
+            encode(EVENT_SCHEMA, event(CANCEL, T0 + 5000)), key=KEY.encode(), partition=2
+        )
+        await settle(lambda: registry.instances[KEY].get("deleted") is True)
+    assert registry.instances[KEY]["action_type"] == "DELETED"
+    assert registry.state[partition_key(2)]["lease_delta"] == 0
+    assert registry.status(T0 + 5000)["registered_instances"] == 0
