@@ -116,6 +116,7 @@ class BatchAgent:
         self._revoked: list[int] = []
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._consumer: Consumer | None = None
+        self._handled: Sequence[Message] = []
 
     def _create_consumer(self) -> Consumer:
         consumer = Consumer(
@@ -184,13 +185,28 @@ class BatchAgent:
                 if batch:
                     await self.handler(batch)
                 liveness.observe(len(batch), rejected)
+                self._handled = messages
                 await self._call(self._commit, messages)
+                self._handled = []
         finally:
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
-                await self._call(consumer.close)
+                handled, self._handled = self._handled, []
+                await asyncio.shield(self._call(self._close, consumer, handled))
 
-    def _commit(self, messages: Sequence[Message]) -> None:
+    def _close(self, consumer: Consumer, handled: Sequence[Message]) -> None:
+        """Commit what was handled but perhaps not committed (a stop mid-commit), then leave."""
+        if handled:
+            self._commit(handled, consumer, asynchronous=False)
+        consumer.close()
+
+    def _commit(
+        self,
+        messages: Sequence[Message],
+        consumer: Consumer | None = None,
+        *,
+        asynchronous: bool = True,
+    ) -> None:
         last: dict[tuple[str, int], int] = {}
         for message in messages:
             if message.error() is None:
@@ -199,6 +215,8 @@ class BatchAgent:
             return
         offsets = [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=True)  # type: ignore[union-attr]
+            (consumer or self._consumer).commit(  # type: ignore[union-attr]
+                offsets=offsets, asynchronous=asynchronous
+            )
         except Exception as error:
             log.warning("%s: commit failed (%s); the batch will be seen again", self.name, error)
