@@ -255,9 +255,11 @@ def demo(points: int, log_lines: int, keep_running: bool) -> None:
         worker_process.wait(30)
 
 
+from streams.config.cli import config_group  # noqa: E402
 from streams.logs.cli import logs_group  # noqa: E402
 
 main.add_command(logs_group)
+main.add_command(config_group)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Config agents: global tables every worker serves from; audit events into Elasticsearch."""
+"""Config agents: state every worker serves from, record checks, audit events into Elasticsearch.
+
+The `config.check_*` agents consume the config topics in the worker's consumer group, so each
+record has one owner and committed offsets: a record no client could be served from goes to
+dead letters once, not once per worker and again after every restart (the serving task on every
+worker only skips it).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,35 @@ from typing import TYPE_CHECKING
 
 from connectors.elasticsearch import Document, ElasticsearchSink
 from connectors.retry import stable_id
+from streams.bus.codec import CodecError
 from streams.config import api
-from streams.config.events import AUDIT_SCHEMA, AUDIT_TOPIC
-from streams.config.model import AUDIT_MAPPINGS, audit_document, audit_document_id_parts
+from streams.config.events import (
+    AUDIT_SCHEMA,
+    AUDIT_TOPIC,
+    DRAFTS_TOPIC,
+    HISTORY_TOPIC,
+    RELEASE_SCHEMA,
+    RELEASES_TOPIC,
+)
+from streams.config.model import (
+    AUDIT_MAPPINGS,
+    audit_document,
+    audit_document_id_parts,
+    validate_release,
+)
 from streams.config.tables import ConfigState, follow_config_topics
+from streams.errors import RecordRejected
 
 if TYPE_CHECKING:
     from streams.app import Runtime
 
 AUDIT_TO_ELASTICSEARCH = "sinks.config_audit_to_elasticsearch"
 CONFIG_STATE = "config.state"
+CHECK_AGENTS = {
+    RELEASES_TOPIC: "config.check_releases",
+    HISTORY_TOPIC: "config.check_history",
+    DRAFTS_TOPIC: "config.check_drafts",
+}
 
 
 def audit_index(prefix: str) -> str:
@@ -29,6 +54,9 @@ def register(runtime: Runtime) -> None:
     @runtime.app.task
     async def serve_releases() -> None:
         await follow_config_topics(runtime, state)
+
+    for topic, agent in CHECK_AGENTS.items():
+        _register_check(runtime, topic, agent)
 
     index = audit_index(runtime.settings.elasticsearch_index_prefix)
 
@@ -61,3 +89,32 @@ def register(runtime: Runtime) -> None:
             await sink.close()
 
     api.register(runtime, state)
+
+
+def _register_check(runtime: Runtime, topic: str, agent: str) -> None:
+    """An agent that dead-letters the records of `topic` that no client could be served from.
+
+    Tombstones are legitimate on these compacted topics and pass; `decoded_batches` would
+    reject them, so the loop is spelled out here. After a dead letter the offsets up to it are
+    committed at once (bad records are rare): the worker's `stream_wait_empty=False` means a
+    rebalance does not commit first, and the next owner would dead-letter the record again.
+    """
+
+    async def check(stream):  # type: ignore[no-untyped-def]
+        liveness = runtime.agent_liveness(agent)
+        async for events in stream.take_events(1000, 0.2):
+            rejected = 0
+            for event in events:
+                if event.message.value is None:
+                    continue
+                try:
+                    validate_release(runtime.codec.decode(event.message.value, RELEASE_SCHEMA))
+                except (CodecError, RecordRejected) as error:
+                    rejected += 1
+                    await runtime.dead_letter(event, agent, error.error_type, str(error))
+                    for done in events[: events.index(event) + 1]:
+                        done.ack()
+                    await runtime.app.consumer.commit()
+            liveness.observe(len(events) - rejected, rejected)
+
+    runtime.app.agent(runtime.topic(topic), name=agent)(check)

@@ -5,6 +5,10 @@ Every worker reads every partition of the releases, history and drafts topics (t
 hop), applies each record to its `ConfigIndex` and wakes the long polls watching that
 namespace. A restart replays the topics from the start, which rebuilds the index (config topics
 are small: the releases and drafts topics are compacted).
+
+A record no client could be served from is skipped here and counted (`ConfigState.skipped`);
+it is not dead-lettered here, because every worker reads every record, again after each
+restart. The `config.check_*` agents (consumer group, committed offsets) dead-letter it once.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from streams.bus.codec import CodecError
@@ -40,6 +43,7 @@ class ConfigState:
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._any_change = asyncio.Event()
         self.last_applied_at: float | None = None
+        self.skipped = 0
 
     def watch(self, keys: list[str]) -> asyncio.Event:
         """An event set as soon as a release of one of these namespace keys is applied."""
@@ -133,13 +137,16 @@ async def follow_config_topics(runtime: Runtime, state: ConfigState) -> None:
             batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
             for messages in batches.values():
                 for message in messages:
-                    await _apply(runtime, appliers[message.topic], message)
+                    _apply(runtime, state, appliers[message.topic], message)
     finally:
         await consumer.stop()
 
 
-async def _apply(
-    runtime: Runtime, apply: Callable[[str, Record | None], None], message: Any
+def _apply(
+    runtime: Runtime,
+    state: ConfigState,
+    apply: Callable[[str, Record | None], None],
+    message: Any,
 ) -> None:
     key = message.key.decode() if isinstance(message.key, bytes) else str(message.key)
     if message.value is None:
@@ -149,21 +156,13 @@ async def _apply(
         record = runtime.codec.decode(message.value, RELEASE_SCHEMA)
         validate_release(record)
     except (CodecError, RecordRejected) as error:
-        await runtime.dead_letter(_as_event(message), SERVE_RELEASES, error.error_type, str(error))
+        state.skipped += 1
+        log.warning(
+            "config record %s[%d]@%d skipped (dead-lettered by the config.check_* agents): %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            error,
+        )
         return
     apply(key, record)
-
-
-def _as_event(message: Any) -> Any:
-    """The fields of a Faust event that `Runtime.dead_letter` reads, from an aiokafka record."""
-    return SimpleNamespace(
-        message=SimpleNamespace(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            timestamp=message.timestamp / 1000 if message.timestamp else None,
-            key=message.key,
-            value=message.value,
-            headers=list(message.headers or []),
-        )
-    )
