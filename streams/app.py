@@ -26,6 +26,7 @@ from streams.bus.deadletters import (
     DeadLetterCounter,
     dead_letter_record,
 )
+from streams.bus.faust_codec import register_faust_codecs
 from streams.errors import RecordRejected
 from streams.http import OpenAPIDocument, error_body
 from streams.settings import Settings, get_settings
@@ -115,6 +116,7 @@ class Runtime:
             self.settings.topology_file, known_schemas=self.registry.names
         )
         self.codec = AvroCodec(self.registry)
+        register_faust_codecs(self.codec)
         self.app = _faust_app(self.settings, dict(app_options or {}))
         self.dead_letter_counter = DeadLetterCounter()
         self.liveness: dict[str, AgentLiveness] = {}

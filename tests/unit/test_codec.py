@@ -170,3 +170,17 @@ def test_the_fast_decoder_agrees_with_decode(codec: AvroCodec) -> None:
     ]:
         with pytest.raises(error):
             decode(bad)
+
+
+def test_every_schema_is_a_faust_codec(codec: AvroCodec) -> None:
+    from faust.serializers import codecs
+
+    from streams.bus.faust_codec import register_faust_codecs
+
+    names = register_faust_codecs(codec)
+    assert f"avro:{POINT}" in names and len(names) == len(codec.registry.names)
+    data = codecs.dumps(f"avro:{POINT}", point())
+    assert data[:2] == b"\xc3\x01"
+    assert codecs.loads(f"avro:{POINT}", data) == point()
+    with pytest.raises(NotSingleObjectEncoded):
+        codecs.loads(f"avro:{POINT}", b"junk")
