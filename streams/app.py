@@ -232,9 +232,7 @@ class Runtime:
         raw_key = key.encode() if isinstance(key, str) else key
         transactional_id = None
         if source is not None and self.settings.processing_guarantee == "exactly_once":
-            message = source.message
-            group = self.app.assignor.group_for_topic(message.topic)
-            transactional_id = f"{self.app.conf.id}-{group}-{message.partition}"
+            transactional_id = self._transaction_of(source)
         future = await self.app.producer.send(
             self.kafka_topic_name(topic),
             raw_key,
@@ -245,6 +243,16 @@ class Runtime:
             transactional_id=transactional_id,
         )
         await future
+
+    def _transaction_of(self, source: Any) -> str | None:
+        """The Faust transaction of a source record's partition; None for topics Faust does not
+        consume (batch agents and plain consumers commit on their own)."""
+        message = source.message
+        try:
+            group = self.app.assignor.group_for_topic(message.topic)
+        except KeyError:
+            return None
+        return f"{self.app.conf.id}-{group}-{message.partition}"
 
     async def dead_letter(self, event: EventT, agent: str, error_type: str, reason: str) -> None:
         """Send one source record to the dead-letter topic with why and where it came from."""
