@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     registry_read_your_writes_timeout_s: float = Field(
         default=1.0, ge=0, description="how long a write waits to see itself in this worker's table"
     )
+    registry_lease_flush_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="renewals are written to registry.leases at most this often per partition",
+    )
     config_admin_token: str = Field(
         default="stackstream-local-admin",
         description="bearer token of the config admin API (until OAuth2 scopes replace it)",

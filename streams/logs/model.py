@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from streams.errors import RecordRejected, StackstreamError
@@ -62,8 +63,8 @@ ECS_MAPPINGS: dict[str, Any] = {
 # number (keeping the last four digits), or else the whole match.
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret"
-    r"|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?(?P<secret>[^\s\"',;&]+)",
-    r"(?i)\bauthorization\b[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?(?P<secret>[^\s\"',;&]+)",
+    r"|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?(?P<secret>[^\s\"',;&)\]}<>]+)",
+    r"(?i)\bauthorization\b[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?(?P<secret>[^\s\"',;&)\]}<>]+)",
     r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9\-._~+/]+=*)",
     r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+",
     r"://[^/\s:@]+:(?P<secret>[^@\s/]+)@",
@@ -105,10 +106,15 @@ def validate_record(record: Mapping[str, Any]) -> None:
 
 def index_name(prefix: str, service: str, timestamp_us: int) -> str:
     """Daily index per service, e.g. `stackstream-logs-orders-2026.11.25`."""
-    day = datetime.fromtimestamp(timestamp_us / 1_000_000, tz=UTC).strftime("%Y.%m.%d")
-    return f"{prefix}-logs-{index_service(service)}-{day}"
+    return f"{prefix}-logs-{index_service(service)}-{_day(timestamp_us // 86_400_000_000)}"
 
 
+@lru_cache(maxsize=64)
+def _day(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86_400, tz=UTC).strftime("%Y.%m.%d")
+
+
+@lru_cache(maxsize=4096)
 def index_service(service: str) -> str:
     """The service as it appears in index names: lowercase, unsafe characters as `_`."""
     return INDEX_UNSAFE.sub("_", service.lower()).strip("_") or "unknown"
@@ -126,8 +132,13 @@ def document_id_parts(record: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def format_timestamp(timestamp_us: int) -> str:
-    timestamp = datetime.fromtimestamp(timestamp_us / 1_000_000, tz=UTC)
-    return timestamp.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    seconds, micros = divmod(timestamp_us, 1_000_000)
+    return f"{_second(seconds)}.{micros:06d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def ecs_document(record: Mapping[str, Any], tags: Sequence[str] = ()) -> dict[str, Any]:
@@ -239,15 +250,6 @@ def rule_overrides(
     return release["app_id"], overrides
 
 
-def rule_validator(namespace: str, cluster: str) -> Callable[[dict[str, Any]], None]:
-    """A validator for config releases: rejects a logging namespace with unusable values."""
-
-    def validate(release: dict[str, Any]) -> None:
-        rule_overrides(release, namespace, cluster)
-
-    return validate
-
-
 # --- secrets and sizes ------------------------------------------------------------------------
 
 
@@ -275,9 +277,12 @@ class SecretMasker:
                 raise LogGovernanceError(
                     f"secret pattern {pattern!r} is not a regular expression: {error}"
                 ) from None
+        self.detector = _detector(self.patterns)
 
     def mask(self, text: str) -> tuple[str, int]:
         """The text with secrets replaced, and how many were replaced."""
+        if self.detector is not None and not self.detector.search(text):
+            return text, 0
         count = 0
         for pattern in self.patterns:
             if not pattern.search(text):
@@ -304,6 +309,24 @@ class SecretMasker:
 
             text = pattern.sub(replace, text)
         return text, count
+
+
+def _detector(patterns: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
+    """One alternation of all patterns (groups unnamed, leading flags scoped): a single pass
+    tells whether any pattern can match, so most lines skip the per-pattern work. None when
+    the patterns cannot be combined (back-references to named groups, other global flags)."""
+    if not patterns:
+        return None
+    parts = []
+    for pattern in patterns:
+        source = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
+        if source.startswith("(?i)"):
+            source = f"(?i:{source[4:]})"
+        parts.append(f"(?:{source})")
+    try:
+        return re.compile("|".join(parts))
+    except re.error:
+        return None
 
 
 def truncate_utf8(text: str, max_bytes: int) -> tuple[str, int | None]:
@@ -496,8 +519,6 @@ class Governor:
             return
         self._newest_minute[service] = minute_us
         horizon = minute_us - self.minutes_kept * MINUTE_US
-        if newest is not None and newest >= horizon:
-            return
         for key in [k for k in self.usage if k[0] == service and k[1] < horizon]:
             del self.usage[key]
         for key in [k for k in self.volume if k[0] == service and k[2] * 1000 < horizon]:
