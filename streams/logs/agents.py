@@ -27,16 +27,15 @@ from streams.logs.events import (
     RECORDS_TOPIC,
 )
 from streams.logs.model import (
-    DEFAULT_SECRET_PATTERNS,
     ECS_MAPPINGS,
     GovernanceRule,
     Governor,
-    SecretMasker,
     document_id_parts,
     ecs_document,
     index_name,
     rule_from_configuration,
     rule_overrides,
+    secret_masker,
     validate_record,
     volume_points,
 )
@@ -57,12 +56,6 @@ def fallback_rule(settings: Settings) -> GovernanceRule:
         settings.logs_quota_per_minute,
         settings.logs_sample_every,
     )
-
-
-def secret_masker(settings: Settings) -> SecretMasker:
-    extra = [line for line in settings.logs_secret_patterns.splitlines() if line.strip()]
-    defaults = DEFAULT_SECRET_PATTERNS if settings.logs_mask_default_secrets else ()
-    return SecretMasker([*defaults, *extra])
 
 
 class RuleBook:
@@ -297,7 +290,7 @@ def register(runtime: Runtime) -> None:
     settings = runtime.settings
     prefix = settings.elasticsearch_index_prefix
     fallback = fallback_rule(settings)
-    masker = secret_masker(settings)
+    masker = secret_masker(settings.logs_secret_patterns, settings.logs_mask_default_secrets)
     namespace, cluster = settings.logs_config_namespace, settings.logs_config_cluster
     rules = RuleFollower(namespace, cluster)
 

@@ -20,7 +20,9 @@ from streams.logs.model import (
     parse_ndjson_line,
     parse_search,
     search_page,
+    secret_masker,
 )
+from streams.sdk.masking import mask_log_record
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -32,6 +34,7 @@ TAG = "logs"
 def register(runtime: Runtime) -> None:
     app = runtime.app
     settings = runtime.settings
+    masker = secret_masker(settings.logs_secret_patterns, settings.logs_mask_default_secrets)
 
     @app.page("/logs/search")
     class SearchLogs(View):
@@ -90,7 +93,7 @@ def register(runtime: Runtime) -> None:
                 except ValueError as error:
                     errors.append({"line": number, "field": "line", "error": str(error)})
                     continue
-                accepted.append(record)
+                accepted.append(mask_log_record(masker, record))
             if not accepted and not errors:
                 return self.json(error_body("body", "no log lines; send NDJSON"), status=400)
             try:

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from streams.errors import RecordRejected, StackstreamError
+from streams.sdk.masking import DEFAULT_SECRET_PATTERNS, MASKED_AT_SOURCE_LABEL, SecretMasker
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 LEVEL_RANK = {level: rank for rank, level in enumerate(LEVELS)}
@@ -34,7 +35,6 @@ GOVERNANCE_LOGGER = "stackstream.logs.governance"
 VOLUME_METRIC = "logs.lines"
 ACCEPTED, DROPPED_LEVEL, DROPPED_QUOTA = "accepted", "dropped_level", "dropped_quota"
 TRUNCATED, MASKED, SAMPLED = "truncated", "masked", "sampled"
-MASK = "***"
 
 ECS_MAPPINGS: dict[str, Any] = {
     "dynamic": "false",
@@ -58,18 +58,6 @@ ECS_MAPPINGS: dict[str, Any] = {
         "event": {"properties": {"sequence": {"type": "long"}}},
     },
 }
-
-# Each pattern masks its `secret` group, or its `card` group when that is a Luhn-valid card
-# number (keeping the last four digits), or else the whole match.
-DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
-    r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret"
-    r"|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?(?P<secret>[^\s\"',;&)\]}<>]+)",
-    r"(?i)\bauthorization\b[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?(?P<secret>[^\s\"',;&)\]}<>]+)",
-    r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9\-._~+/]+=*)",
-    r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+",
-    r"://[^/\s:@]+:(?P<secret>[^@\s/]+)@",
-    r"(?<![\d-])(?P<card>\d(?:[ -]?\d){12,18})(?![\d-])",
-)
 
 
 class LogGovernanceError(StackstreamError):
@@ -253,82 +241,6 @@ def rule_overrides(
 # --- secrets and sizes ------------------------------------------------------------------------
 
 
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
-
-
-class SecretMasker:
-    """Masks secrets in text with regular expressions (see DEFAULT_SECRET_PATTERNS)."""
-
-    def __init__(self, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS) -> None:
-        self.patterns: list[re.Pattern[str]] = []
-        for pattern in patterns:
-            try:
-                self.patterns.append(re.compile(pattern))
-            except re.error as error:
-                raise LogGovernanceError(
-                    f"secret pattern {pattern!r} is not a regular expression: {error}"
-                ) from None
-        self.detector = _detector(self.patterns)
-
-    def mask(self, text: str) -> tuple[str, int]:
-        """The text with secrets replaced, and how many were replaced."""
-        if self.detector is not None and not self.detector.search(text):
-            return text, 0
-        count = 0
-        for pattern in self.patterns:
-            if not pattern.search(text):
-                continue
-
-            def replace(match: re.Match[str]) -> str:
-                nonlocal count
-                groups = match.re.groupindex
-                whole = match.group(0)
-                if "card" in groups and match.group("card") is not None:
-                    digits = re.sub(r"\D", "", match.group("card"))
-                    if not luhn_valid(digits):
-                        return whole
-                    name, replacement = "card", f"****{digits[-4:]}"
-                elif "secret" in groups and match.group("secret") is not None:
-                    name, replacement = "secret", MASK
-                else:
-                    count += 1
-                    return MASK
-                count += 1
-                start, end = match.span(name)
-                offset = match.start()
-                return whole[: start - offset] + replacement + whole[end - offset :]
-
-            text = pattern.sub(replace, text)
-        return text, count
-
-
-def _detector(patterns: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
-    """One alternation of all patterns (groups unnamed, leading flags scoped): a single pass
-    tells whether any pattern can match, so most lines skip the per-pattern work. None when
-    the patterns cannot be combined (back-references to named groups, other global flags)."""
-    if not patterns:
-        return None
-    parts = []
-    for pattern in patterns:
-        source = re.sub(r"\(\?P<\w+>", "(?:", pattern.pattern)
-        if source.startswith("(?i)"):
-            source = f"(?i:{source[4:]})"
-        parts.append(f"(?:{source})")
-    try:
-        return re.compile("|".join(parts))
-    except re.error:
-        return None
-
-
 def truncate_utf8(text: str, max_bytes: int) -> tuple[str, int | None]:
     """The text cut to at most `max_bytes` of UTF-8 (whole characters), and its original size
     in bytes when it was cut (else None)."""
@@ -339,6 +251,12 @@ def truncate_utf8(text: str, max_bytes: int) -> tuple[str, int | None]:
 
 
 # --- governance -----------------------------------------------------------------------------
+
+
+def secret_masker(extra_patterns: str, mask_defaults: bool) -> SecretMasker:
+    """The masker the settings ask for: the default patterns (unless off) plus one per line."""
+    extra = [line for line in extra_patterns.splitlines() if line.strip()]
+    return SecretMasker([*(DEFAULT_SECRET_PATTERNS if mask_defaults else ()), *extra])
 
 
 @dataclass(frozen=True)
@@ -494,6 +412,8 @@ class Governor:
                 original_sizes[name] = original
             cleaned[name] = text
         labels = dict(cleaned.get("labels") or {})
+        if labels.pop(MASKED_AT_SOURCE_LABEL, None) == "true":
+            masked += 1
         for key, value in labels.items():
             value, count = self.masker.mask(value)
             masked += count

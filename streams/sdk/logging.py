@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams.sdk.context import current_trace
+from streams.sdk.masking import SecretMasker, mask_log_record
 from streams.sdk.producer import EventProducer
 
 RECORDS_TOPIC = "logs.records"
@@ -41,7 +42,9 @@ def level_name(levelno: int) -> str:
 class StackstreamLogHandler(logging.Handler):
     """Emits each log record as a `stackstream.logs.LogRecord` on `logs.records`.
 
-    Trace and span ids come from the current tracing context (`streams.sdk.context`) or from
+    Secrets (passwords, tokens, card numbers: `streams.sdk.masking`) are masked before the
+    record leaves the process. Trace and span ids come from the current tracing context
+    (`streams.sdk.context`) or from
     `extra={"trace_id": ..., "span_id": ...}`; `extra={"labels": {...}}` adds labels to the
     handler's own. The sequence number (process id and a counter) keeps ids of distinct lines
     distinct, so the sink's deterministic ids only merge true redeliveries.
@@ -55,8 +58,10 @@ class StackstreamLogHandler(logging.Handler):
         host: str | None = None,
         labels: Mapping[str, str] | None = None,
         level: int = logging.NOTSET,
+        masker: SecretMasker | None = None,
     ) -> None:
         super().__init__(level)
+        self.masker = masker or SecretMasker()
         if not service:
             raise ValueError("StackstreamLogHandler needs the service (application) name")
         self.service = service
@@ -91,21 +96,24 @@ class StackstreamLogHandler(logging.Handler):
             stack_trace = (
                 f"{stack_trace}\n{record.stack_info}" if stack_trace else record.stack_info
             )
-        return {
-            "timestamp_us": int(record.created * 1_000_000),
-            "level": level_name(record.levelno),
-            "message": record.getMessage(),
-            "service": self.service,
-            "host": self.host,
-            "logger": record.name,
-            "trace_id": str(trace_id) if trace_id else None,
-            "span_id": str(span_id) if span_id else None,
-            "error_type": error_type,
-            "error_message": error_message,
-            "error_stack_trace": stack_trace,
-            "labels": labels,
-            "sequence": self._sequence_base | next(self._sequence),
-        }
+        return mask_log_record(
+            self.masker,
+            {
+                "timestamp_us": int(record.created * 1_000_000),
+                "level": level_name(record.levelno),
+                "message": record.getMessage(),
+                "service": self.service,
+                "host": self.host,
+                "logger": record.name,
+                "trace_id": str(trace_id) if trace_id else None,
+                "span_id": str(span_id) if span_id else None,
+                "error_type": error_type,
+                "error_message": error_message,
+                "error_stack_trace": stack_trace,
+                "labels": labels,
+                "sequence": self._sequence_base | next(self._sequence),
+            },
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._inside, "active", False):

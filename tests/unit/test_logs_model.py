@@ -13,18 +13,15 @@ from streams.logs.model import (
     ACCEPTED,
     DROPPED_LEVEL,
     DROPPED_QUOTA,
-    MASK,
     MINUTE_US,
     VOLUME_METRIC,
     GovernanceRule,
     Governor,
     LogGovernanceError,
     ParameterError,
-    SecretMasker,
     ecs_document,
     expired_indices,
     index_day,
-    luhn_valid,
     normalise_level,
     parse_ndjson_line,
     parse_search,
@@ -34,6 +31,7 @@ from streams.logs.model import (
     truncate_utf8,
     volume_points,
 )
+from streams.sdk.masking import MASK, InvalidSecretPattern, SecretMasker, luhn_valid
 
 MINUTE = 1_764_028_800_000_000  # 2025-11-25 00:00 UTC, a minute boundary
 
@@ -278,7 +276,7 @@ def test_masking_covers_errors_and_labels_and_is_flagged_before_storage() -> Non
 def test_extra_patterns_mask_too_and_bad_ones_are_named() -> None:
     masker = SecretMasker([r"ssn (?P<secret>\d{3}-\d{2}-\d{4})", r"INTERNAL-\w+"])
     assert masker.mask("ssn 123-45-6789 and INTERNAL-abc") == (f"ssn {MASK} and {MASK}", 2)
-    with pytest.raises(LogGovernanceError, match=r"\(unclosed"):
+    with pytest.raises(InvalidSecretPattern, match=r"\(unclosed"):
         SecretMasker([r"(unclosed"])
 
 
@@ -425,3 +423,9 @@ def test_documents_carry_microsecond_utc_timestamps() -> None:
     document = ecs_document(line(timestamp_us=MINUTE + 5))
     assert document["@timestamp"] == "2025-11-25T00:00:00.000005Z"
     assert datetime.fromisoformat(document["@timestamp"]).tzinfo == UTC
+
+
+def test_lines_masked_at_the_source_are_still_flagged() -> None:
+    governor = Governor(lambda service: GovernanceRule(), SecretMasker(), 4096)
+    cleaned, flags = governor.clean(line(labels={"stackstream_masked": "true", "team": "a"}))
+    assert "masked" in flags and cleaned["labels"] == {"team": "a"}

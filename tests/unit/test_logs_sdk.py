@@ -146,3 +146,34 @@ def test_rule_follower_applies_releases_and_tombstones() -> None:
     follower.apply("orders+default+stackstream.logging", None)
     book.refresh()
     assert book("orders") == GovernanceRule("WARN", 100, 10)
+
+
+def test_the_handler_masks_secrets_before_they_leave_the_process() -> None:
+    import logging as std_logging
+
+    from streams.sdk.logging import StackstreamLogHandler
+
+    class Capture:
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+
+        def emit(self, topic: str, schema: str, record: dict, key: str | None = None) -> bool:
+            self.records.append(record)
+            return True
+
+    capture = Capture()
+    handler = StackstreamLogHandler("orders", producer=capture)  # type: ignore[arg-type]
+    logger = std_logging.getLogger("test.masking")
+    logger.addHandler(handler)
+    try:
+        logger.error(
+            "login failed password=hunter2 card 4111 1111 1111 1111",
+            extra={"labels": {"auth": "Bearer abc.def.ghi"}},
+        )
+    finally:
+        logger.removeHandler(handler)
+    (record,) = capture.records
+    assert "hunter2" not in record["message"] and "password=***" in record["message"]
+    assert "****1111" in record["message"] and "4111 1111" not in record["message"]
+    assert "abc.def.ghi" not in record["labels"]["auth"]
+    assert record["labels"]["stackstream_masked"] == "true", "so governance still flags the line"
