@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -69,7 +69,9 @@ class BatchItem:
         return Origin(_source_message(self.message))
 
 
-BatchHandler = Callable[[list[BatchItem]], Awaitable[None]]
+SafeOffsets = Mapping[int, int]
+"""Per partition, the next offset whose effect is not yet durable: commit no further than it."""
+BatchHandler = Callable[[list[BatchItem]], Awaitable[SafeOffsets | None]]
 RevokeHandler = Callable[[list[int]], Awaitable[None]]
 
 
@@ -117,6 +119,7 @@ class BatchAgent:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._consumer: Consumer | None = None
         self._handled: Sequence[Message] = []
+        self._safe: SafeOffsets | None = None
 
     def _create_consumer(self) -> Consumer:
         consumer = Consumer(
@@ -182,41 +185,67 @@ class BatchAgent:
                         )
                         continue
                     batch.append(BatchItem(message, record))
-                if batch:
-                    await self.handler(batch)
+                safe = await self.handler(batch) if batch else self._safe
+                self._safe = safe
                 liveness.observe(len(batch), rejected)
                 self._handled = messages
-                await self._call(self._commit, messages)
+                await self._call(self._commit, messages, None, safe)
                 self._handled = []
         finally:
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 handled, self._handled = self._handled, []
-                await asyncio.shield(self._call(self._close, consumer, handled))
+                await asyncio.shield(self._call(self._close, consumer, handled, self._safe))
 
-    def _close(self, consumer: Consumer, handled: Sequence[Message]) -> None:
+    def _close(
+        self, consumer: Consumer, handled: Sequence[Message], safe: SafeOffsets | None
+    ) -> None:
         """Commit what was handled but perhaps not committed (a stop mid-commit), then leave."""
         if handled:
-            self._commit(handled, consumer, asynchronous=False)
+            self._commit(handled, consumer, safe, asynchronous=False)
         consumer.close()
 
     def _commit(
         self,
         messages: Sequence[Message],
         consumer: Consumer | None = None,
+        safe: SafeOffsets | None = None,
         *,
         asynchronous: bool = True,
     ) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for message in messages:
-            if message.error() is None:
-                last[(message.topic(), message.partition())] = message.offset()
-        if not last:
+        positions = offsets_to_commit(
+            (
+                (message.topic(), message.partition(), message.offset())
+                for message in messages
+                if message.error() is None
+            ),
+            safe,
+        )
+        if not positions:
             return
-        offsets = [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+        offsets = [TopicPartition(t, p, offset) for (t, p), offset in positions.items()]
         try:
             (consumer or self._consumer).commit(  # type: ignore[union-attr]
                 offsets=offsets, asynchronous=asynchronous
             )
         except Exception as error:
             log.warning("%s: commit failed (%s); the batch will be seen again", self.name, error)
+
+
+def offsets_to_commit(
+    handled: Iterable[tuple[str, int, int]], safe: SafeOffsets | None = None
+) -> dict[tuple[str, int], int]:
+    """The offset to commit per (topic, partition): past the last handled record, or no further
+    than the handler's safe offset for that partition when it returned one.
+
+    A handler keeping state in memory (open report minutes) returns, per partition, the first
+    offset its durable output does not yet cover; a restart replays from there.
+    """
+    positions: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in handled:
+        positions[(topic, partition)] = offset + 1
+    if safe:
+        for (topic, partition), position in positions.items():
+            if partition in safe:
+                positions[(topic, partition)] = min(position, safe[partition])
+    return positions

@@ -1,0 +1,698 @@
+"""CAT reports as pure logic: tree validation, per-minute Transaction, Event and Problem reports.
+
+Time is event time. A tree belongs to the minute of its root's start; every message inside counts
+there. Each source partition keeps a watermark (the newest root time seen minus a grace period);
+a minute closes when the watermark passes its end, and its rows are emitted once (revision 0).
+A tree for a closed minute still kept in memory amends it (late_count + 1, a new revision).
+Hourly and daily reports are merges of minute rows, never recomputations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from streams.errors import RecordRejected
+from streams.tracing.sketch import SKETCH_FORMAT, LatencySketch
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+PERIOD_MS = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
+ALL_HOSTS = "All"
+SUCCESS = "0"
+ERROR_EVENT_TYPES = frozenset({"Error", "Exception", "RuntimeException"})
+DURATION_BUCKET_CAP_MS = 65_536
+
+EARLIEST_US = 946_684_800_000_000  # 2000-01-01: anything older is a broken clock
+MAX_DURATION_US = 86_400_000_000  # a day
+CHILD_SKEW_US = 60_000_000  # a child may start this much before its parent (clock steps)
+
+
+@dataclass(frozen=True)
+class TreeLimits:
+    """What a tree may be before it is refused as malformed."""
+
+    max_messages: int = 5_000
+    max_depth: int = 64
+    max_future_us: int = 86_400_000_000
+    max_string: int = 4_096
+    max_data: int = 65_536
+
+
+def validate_tree(
+    tree: Mapping[str, Any], now_us: int | None = None, limits: TreeLimits = TreeLimits()
+) -> None:
+    """Refuse a tree no report can use; the error names the offending field."""
+    for name in ("domain", "ip", "message_id"):
+        value = tree.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise RecordRejected(name, "is missing or empty")
+        if len(value) > limits.max_string:
+            raise RecordRejected(name, f"is longer than {limits.max_string} characters")
+    if any(character.isspace() for character in tree["message_id"]):
+        raise RecordRejected("message_id", "contains white space")
+    root = tree.get("root")
+    if not isinstance(root, Mapping):
+        raise RecordRejected("root", "is missing")
+    latest = (now_us if now_us is not None else int(time.time() * 1e6)) + limits.max_future_us
+    if not EARLIEST_US <= int(root.get("timestamp_us", 0)) <= latest:
+        raise RecordRejected(
+            "root.timestamp_us",
+            f"{root.get('timestamp_us')} is not a plausible time in microseconds since 1970 "
+            "(before 2000 or too far in the future)",
+        )
+    count = 0
+    stack: list[tuple[Mapping[str, Any], str, int, int | None]] = [(root, "root", 1, None)]
+    while stack:
+        message, path, depth, parent_start = stack.pop()
+        count += 1
+        if count > limits.max_messages:
+            raise RecordRejected("root", f"tree has more than {limits.max_messages} messages")
+        if depth > limits.max_depth:
+            raise RecordRejected(path, f"nests deeper than {limits.max_depth} levels")
+        _validate_message(message, path, parent_start, limits)
+        if message.get("kind") == "TRANSACTION":
+            start = int(message["timestamp_us"])
+            for index, child in enumerate(message.get("children") or ()):
+                stack.append((child, f"{path}.children[{index}]", depth + 1, start))
+
+
+def _validate_message(
+    message: Mapping[str, Any], path: str, parent_start: int | None, limits: TreeLimits
+) -> None:
+    kind = message.get("kind")
+    if kind not in ("TRANSACTION", "EVENT", "METRIC", "HEARTBEAT", "TRACE"):
+        raise RecordRejected(f"{path}.kind", f"{kind!r} is not a message kind")
+    if kind in ("TRANSACTION", "EVENT"):
+        for name in ("type", "name"):
+            if not str(message.get(name, "")).strip():
+                raise RecordRejected(f"{path}.{name}", "is missing or empty")
+    for name in ("type", "name", "status"):
+        if len(str(message.get(name, ""))) > limits.max_string:
+            raise RecordRejected(f"{path}.{name}", f"is longer than {limits.max_string} characters")
+    if len(str(message.get("data", ""))) > limits.max_data:
+        raise RecordRejected(f"{path}.data", f"is longer than {limits.max_data} characters")
+    timestamp = message.get("timestamp_us")
+    if not isinstance(timestamp, int):
+        raise RecordRejected(f"{path}.timestamp_us", "is missing")
+    if parent_start is not None and timestamp < parent_start - CHILD_SKEW_US:
+        raise RecordRejected(
+            f"{path}.timestamp_us", "starts more than a minute before its parent transaction"
+        )
+    if kind == "TRANSACTION":
+        duration = message.get("duration_us")
+        if not isinstance(duration, int) or duration < 0:
+            raise RecordRejected(f"{path}.duration_us", f"{duration!r} is not a duration >= 0")
+        if duration > MAX_DURATION_US:
+            raise RecordRejected(f"{path}.duration_us", "is longer than a day")
+
+
+# --- statistics that merge exactly ---------------------------------------------------------
+
+
+def duration_bucket_ms(duration_us: int) -> int:
+    """CAT's duration distribution key: the power of two (ms) at or above it, capped at 65536."""
+    milliseconds = duration_us / 1000
+    bucket = 1
+    while bucket < milliseconds and bucket < DURATION_BUCKET_CAP_MS:
+        bucket <<= 1
+    return bucket
+
+
+def _first(mine: str | None, theirs: str | None) -> str | None:
+    return mine if mine is not None else theirs
+
+
+@dataclass
+class TransactionStats:
+    """Counts, sums and a latency sketch of one report row; `merge` is exact."""
+
+    count: int = 0
+    fail_count: int = 0
+    sum_us: int = 0
+    min_us: int = 0
+    max_us: int = 0
+    sum_squares: float = 0.0
+    sketch: LatencySketch = field(default_factory=LatencySketch)
+    duration_counts: dict[str, int] = field(default_factory=dict)
+    success_message_id: str | None = None
+    fail_message_id: str | None = None
+    longest_message_id: str | None = None
+
+    def add(self, duration_us: int, failed: bool, message_id: str) -> None:
+        if self.count == 0 or duration_us < self.min_us:
+            self.min_us = duration_us
+        if self.count == 0 or duration_us > self.max_us:
+            self.max_us = duration_us
+            self.longest_message_id = message_id
+        self.count += 1
+        self.sum_us += duration_us
+        self.sum_squares += float(duration_us) * duration_us
+        self.sketch.add(duration_us)
+        bucket = str(duration_bucket_ms(duration_us))
+        self.duration_counts[bucket] = self.duration_counts.get(bucket, 0) + 1
+        if failed:
+            self.fail_count += 1
+            if self.fail_message_id is None:
+                self.fail_message_id = message_id
+        elif self.success_message_id is None:
+            self.success_message_id = message_id
+
+    def merge(self, other: TransactionStats) -> None:
+        if other.count == 0:
+            return
+        if self.count == 0 or other.min_us < self.min_us:
+            self.min_us = other.min_us
+        if self.count == 0 or other.max_us > self.max_us:
+            self.max_us = other.max_us
+            self.longest_message_id = other.longest_message_id
+        self.count += other.count
+        self.fail_count += other.fail_count
+        self.sum_us += other.sum_us
+        self.sum_squares += other.sum_squares
+        self.sketch.merge(other.sketch)
+        for bucket, count in other.duration_counts.items():
+            self.duration_counts[bucket] = self.duration_counts.get(bucket, 0) + count
+        self.success_message_id = _first(self.success_message_id, other.success_message_id)
+        self.fail_message_id = _first(self.fail_message_id, other.fail_message_id)
+
+    def row_fields(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "fail_count": self.fail_count,
+            "sum_us": self.sum_us,
+            "min_us": self.min_us,
+            "max_us": self.max_us,
+            "sum_squares": self.sum_squares,
+            "sketch": self.sketch.to_bytes(),
+            "sketch_format": SKETCH_FORMAT,
+            "duration_counts": dict(sorted(self.duration_counts.items(), key=_numeric_key)),
+            "success_message_id": self.success_message_id,
+            "fail_message_id": self.fail_message_id,
+            "longest_message_id": self.longest_message_id,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TransactionStats:
+        sketch = row.get("sketch")
+        return cls(
+            count=row["count"],
+            fail_count=row.get("fail_count", 0),
+            sum_us=row.get("sum_us", 0),
+            min_us=row.get("min_us", 0),
+            max_us=row.get("max_us", 0),
+            sum_squares=row.get("sum_squares", 0.0),
+            sketch=LatencySketch.from_bytes(sketch) if sketch else LatencySketch(),
+            duration_counts=dict(row.get("duration_counts") or {}),
+            success_message_id=row.get("success_message_id"),
+            fail_message_id=row.get("fail_message_id"),
+            longest_message_id=row.get("longest_message_id"),
+        )
+
+
+@dataclass
+class EventStats:
+    """Counts of one Event report row."""
+
+    count: int = 0
+    fail_count: int = 0
+    success_message_id: str | None = None
+    fail_message_id: str | None = None
+
+    def add(self, failed: bool, message_id: str) -> None:
+        self.count += 1
+        if failed:
+            self.fail_count += 1
+            self.fail_message_id = _first(self.fail_message_id, message_id)
+        else:
+            self.success_message_id = _first(self.success_message_id, message_id)
+
+    def merge(self, other: EventStats) -> None:
+        self.count += other.count
+        self.fail_count += other.fail_count
+        self.success_message_id = _first(self.success_message_id, other.success_message_id)
+        self.fail_message_id = _first(self.fail_message_id, other.fail_message_id)
+
+    def row_fields(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "fail_count": self.fail_count,
+            "success_message_id": self.success_message_id,
+            "fail_message_id": self.fail_message_id,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> EventStats:
+        return cls(
+            row["count"],
+            row.get("fail_count", 0),
+            row.get("success_message_id"),
+            row.get("fail_message_id"),
+        )
+
+
+@dataclass
+class ProblemStats:
+    """Occurrences of one problem (type, status): counts per threshold bucket and sample ids."""
+
+    count: int = 0
+    duration_counts: dict[str, int] = field(default_factory=dict)
+    sample_message_ids: list[str] = field(default_factory=list)
+
+    def add(self, bucket: str | None, message_id: str, max_samples: int) -> None:
+        self.count += 1
+        if bucket is not None:
+            self.duration_counts[bucket] = self.duration_counts.get(bucket, 0) + 1
+        if len(self.sample_message_ids) < max_samples:
+            self.sample_message_ids.append(message_id)
+
+    def merge(self, other: ProblemStats, max_samples: int) -> None:
+        self.count += other.count
+        for bucket, count in other.duration_counts.items():
+            self.duration_counts[bucket] = self.duration_counts.get(bucket, 0) + count
+        room = max_samples - len(self.sample_message_ids)
+        if room > 0:
+            self.sample_message_ids.extend(other.sample_message_ids[:room])
+
+    def row_fields(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "fail_count": self.count,
+            "duration_counts": dict(sorted(self.duration_counts.items(), key=_numeric_key)),
+            "sample_message_ids": list(self.sample_message_ids),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ProblemStats:
+        return cls(
+            row["count"],
+            dict(row.get("duration_counts") or {}),
+            list(row.get("sample_message_ids") or []),
+        )
+
+
+def _numeric_key(item: tuple[str, int]) -> tuple[int, str]:
+    key = item[0]
+    return (int(key), key) if key.isdigit() else (1 << 62, key)
+
+
+# --- problems --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProblemThresholds:
+    """Lower bounds (ms) of CAT's long-execution buckets; the first is the reporting threshold."""
+
+    long_url: tuple[int, ...] = (1000, 2000, 3000, 5000)
+    long_sql: tuple[int, ...] = (100, 500, 1000, 3000, 5000)
+    long_service: tuple[int, ...] = (50, 100, 500, 1000, 3000, 5000)
+    long_call: tuple[int, ...] = (100, 500, 1000, 3000, 5000)
+    long_cache: tuple[int, ...] = (10, 50, 100, 500)
+
+    def for_type(self, transaction_type: str) -> tuple[str, tuple[int, ...]] | None:
+        """The long-execution problem a transaction type can raise, with its thresholds."""
+        if transaction_type == "URL":
+            return "long-url", self.long_url
+        if transaction_type == "SQL":
+            return "long-sql", self.long_sql
+        if transaction_type in ("Call", "PigeonCall"):
+            return "long-call", self.long_call
+        if transaction_type in ("Service", "PigeonService"):
+            return "long-service", self.long_service
+        if transaction_type.startswith("Cache."):
+            return "long-cache", self.long_cache
+        return None
+
+
+def threshold_bucket(duration_us: int, thresholds: tuple[int, ...]) -> str | None:
+    """The highest threshold (ms) the duration reaches, or None when below the first."""
+    milliseconds = duration_us / 1000
+    reached = None
+    for threshold in thresholds:
+        if milliseconds >= threshold:
+            reached = threshold
+    return None if reached is None else str(reached)
+
+
+# --- one minute of one domain ----------------------------------------------------------------
+
+RowKey = tuple[str, str, str]  # host, type, name
+
+
+@dataclass
+class ReportOptions:
+    """How reports are built: thresholds per domain and how many samples a problem keeps."""
+
+    thresholds: ProblemThresholds = field(default_factory=ProblemThresholds)
+    domain_thresholds: Mapping[str, ProblemThresholds] = field(default_factory=dict)
+    max_problem_samples: int = 5
+
+    def thresholds_for(self, domain: str) -> ProblemThresholds:
+        return self.domain_thresholds.get(domain, self.thresholds)
+
+
+@dataclass
+class MinuteReport:
+    """Everything one domain did in one minute, per host, type and name."""
+
+    domain: str
+    period_start_ms: int
+    transactions: dict[RowKey, TransactionStats] = field(default_factory=dict)
+    events: dict[RowKey, EventStats] = field(default_factory=dict)
+    problems: dict[RowKey, ProblemStats] = field(default_factory=dict)
+    first_offset: int | None = None
+    last_offset: int = -1
+    late_count: int = 0
+    revision: int = -1
+
+    def add_tree(self, tree: Mapping[str, Any], options: ReportOptions) -> None:
+        host = tree["ip"]
+        message_id = tree["message_id"]
+        thresholds = options.thresholds_for(self.domain)
+        samples = options.max_problem_samples
+        for message in iter_messages(tree["root"]):
+            kind = message["kind"]
+            failed = message.get("status", SUCCESS) != SUCCESS
+            if kind == "TRANSACTION":
+                key = (host, message["type"], message["name"])
+                stats = self.transactions.get(key)
+                if stats is None:
+                    stats = self.transactions[key] = TransactionStats()
+                duration = message["duration_us"]
+                stats.add(duration, failed, message_id)
+                if failed:
+                    self._problem(host, message["type"], message["name"], None, message_id, samples)
+                long = thresholds.for_type(message["type"])
+                if long is not None:
+                    bucket = threshold_bucket(duration, long[1])
+                    if bucket is not None:
+                        self._problem(host, long[0], message["name"], bucket, message_id, samples)
+            elif kind == "EVENT":
+                key = (host, message["type"], message["name"])
+                event = self.events.get(key)
+                if event is None:
+                    event = self.events[key] = EventStats()
+                event.add(failed, message_id)
+                if failed and message["type"] in ERROR_EVENT_TYPES:
+                    self._problem(host, "error", message["name"], None, message_id, samples)
+
+    def _problem(
+        self, host: str, kind: str, status: str, bucket: str | None, message_id: str, samples: int
+    ) -> None:
+        key = (host, kind, status)
+        problem = self.problems.get(key)
+        if problem is None:
+            problem = self.problems[key] = ProblemStats()
+        problem.add(bucket, message_id, samples)
+
+    def rows(self, closed_at_ms: int, options: ReportOptions) -> list[dict[str, Any]]:
+        """ReportRow records: per host, the All-hosts rows, and per-type totals (name '')."""
+        base = {
+            "period": "minute",
+            "period_start_ms": self.period_start_ms,
+            "domain": self.domain,
+            "late_count": self.late_count,
+            "revision": max(self.revision, 0),
+            "closed_at_ms": closed_at_ms,
+        }
+        rows: list[dict[str, Any]] = []
+        for report, table in (
+            ("transaction", self.transactions),
+            ("event", self.events),
+            ("problem", self.problems),
+        ):
+            for (host, type_, name), stats in sorted(_with_totals(table, options).items()):
+                rows.append(
+                    {**ROW_DEFAULTS, **base, "report": report, "host": host, "type": type_,
+                     "name": name, **stats.row_fields()}
+                )  # fmt: skip
+        return rows
+
+
+def _with_totals(table: Mapping[RowKey, Any], options: ReportOptions) -> dict[RowKey, Any]:
+    """The rows plus All-hosts rows and per-type totals (name ''), all by exact merges."""
+    merged: dict[RowKey, Any] = {}
+    for (host, type_, name), stats in sorted(table.items()):
+        for key in ((host, type_, name), (ALL_HOSTS, type_, name), (host, type_, ""),
+                    (ALL_HOSTS, type_, "")):  # fmt: skip
+            target = merged.get(key)
+            if target is None:
+                target = merged[key] = type(stats)()
+            _merge(target, stats, options.max_problem_samples)
+    return merged
+
+
+def _merge(target: Any, stats: Any, max_samples: int) -> None:
+    if isinstance(target, ProblemStats):
+        target.merge(stats, max_samples)
+    else:
+        target.merge(stats)
+
+
+ROW_DEFAULTS: dict[str, Any] = {
+    "fail_count": 0,
+    "sum_us": 0,
+    "min_us": 0,
+    "max_us": 0,
+    "sum_squares": 0.0,
+    "sketch": None,
+    "sketch_format": "",
+    "duration_counts": {},
+    "success_message_id": None,
+    "fail_message_id": None,
+    "longest_message_id": None,
+    "sample_message_ids": [],
+    "late_count": 0,
+    "revision": 0,
+    "closed_at_ms": 0,
+}
+
+
+def iter_messages(root: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every message of a tree, depth first in time order."""
+    stack = [root]
+    while stack:
+        message = stack.pop()
+        yield message
+        children = message.get("children")
+        if children:
+            stack.extend(reversed(children))
+
+
+def tree_minute_ms(tree: Mapping[str, Any]) -> int:
+    milliseconds = tree["root"]["timestamp_us"] // 1000
+    return milliseconds - milliseconds % MINUTE_MS
+
+
+# --- one source partition: watermark, open and closed minutes --------------------------------
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    LATE = "late"  # amended a closed minute kept in memory
+    DUPLICATE = "duplicate"  # already in a closed minute's rows (replay after a crash)
+    TOO_LATE = "too_late"  # its minute closed and is no longer in memory
+
+
+@dataclass
+class PartitionReports:
+    """The report state of one source partition (all trees of a domain share a partition)."""
+
+    grace_ms: int = 10_000
+    keep_closed_ms: int = HOUR_MS
+    options: ReportOptions = field(default_factory=ReportOptions)
+    max_event_ms: int | None = None
+    open: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
+    closed: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
+    amended: set[tuple[str, int]] = field(default_factory=set)
+    last_offset: int = -1
+    late_count: int = 0
+
+    @property
+    def watermark_ms(self) -> int | None:
+        return None if self.max_event_ms is None else self.max_event_ms - self.grace_ms
+
+    def is_closed(self, minute_ms: int) -> bool:
+        watermark = self.watermark_ms
+        return watermark is not None and minute_ms + MINUTE_MS <= watermark
+
+    def apply(self, tree: Mapping[str, Any], offset: int) -> Outcome:
+        """Count one validated tree read at `offset` of this partition."""
+        self.last_offset = max(self.last_offset, offset)
+        key = (tree["domain"], tree_minute_ms(tree))
+        closed = self.closed.get(key)
+        if closed is not None:
+            if offset <= closed.last_offset:
+                return Outcome.DUPLICATE
+            closed.add_tree(tree, self.options)
+            closed.last_offset = offset
+            closed.late_count += 1
+            self.late_count += 1
+            self.amended.add(key)
+            return Outcome.LATE
+        if key not in self.open and self.is_closed(key[1]):
+            return Outcome.TOO_LATE
+        minute = self.open.get(key)
+        if minute is None:
+            minute = self.open[key] = MinuteReport(key[0], key[1], first_offset=offset)
+        minute.add_tree(tree, self.options)
+        minute.last_offset = offset
+        event_ms = tree["root"]["timestamp_us"] // 1000
+        if self.max_event_ms is None or event_ms > self.max_event_ms:
+            self.max_event_ms = event_ms
+        return Outcome.APPLIED
+
+    def restore_closed(self, minute: MinuteReport) -> None:
+        """Take back a closed minute read from the store, so late trees amend it and replays
+        of trees it already counts (offset <= its last_offset) are recognised."""
+        self.closed[(minute.domain, minute.period_start_ms)] = minute
+
+    def close_due(self) -> list[dict[str, Any]]:
+        """Rows of minutes the watermark has passed (revision 0) and of amended closed minutes."""
+        watermark = self.watermark_ms
+        rows: list[dict[str, Any]] = []
+        for key in sorted(self.open):
+            if watermark is not None and self.is_closed(key[1]):
+                minute = self.open.pop(key)
+                minute.revision = 0
+                rows.extend(minute.rows(watermark, self.options))
+                self.closed[key] = minute
+        for key in sorted(self.amended):
+            minute = self.closed[key]
+            minute.revision += 1
+            rows.extend(minute.rows(watermark or 0, self.options))
+        self.amended.clear()
+        if watermark is None:
+            return rows
+        horizon = watermark - self.keep_closed_ms
+        for key in [k for k in self.closed if k[1] + MINUTE_MS < horizon]:
+            del self.closed[key]
+        return rows
+
+    def flush_all(self) -> list[dict[str, Any]]:
+        """Close every open minute now (end of input, e.g. a bounded replay or a benchmark)."""
+        if self.max_event_ms is not None:
+            latest = max([self.max_event_ms, *(k[1] for k in self.open)])
+            self.max_event_ms = latest + MINUTE_MS + self.grace_ms
+        return self.close_due()
+
+    def safe_commit_offset(self) -> int:
+        """The offset to commit: the first record of the oldest open minute, or past the last."""
+        firsts = [m.first_offset for m in self.open.values() if m.first_offset is not None]
+        return min(firsts) if firsts else self.last_offset + 1
+
+
+# --- hours and days: merges of minute rows ---------------------------------------------------
+
+
+def merge_rows(
+    rows: Iterable[Mapping[str, Any]], period: str, max_samples: int = 5
+) -> list[dict[str, Any]]:
+    """Merge report rows into `period` rows (hour or day), keyed as the inputs are."""
+    if period not in PERIOD_MS:
+        raise ValueError(f"period must be one of {', '.join(PERIOD_MS)}, not {period!r}")
+    size = PERIOD_MS[period]
+    groups: dict[tuple[str, int, str, str, str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        start = row["period_start_ms"] - row["period_start_ms"] % size
+        key = (row["report"], start, row["domain"], row["host"], row["type"], row["name"])
+        groups.setdefault(key, []).append(row)
+    merged_rows = []
+    for (report, start, domain, host, type_, name), members in sorted(groups.items()):
+        members.sort(key=lambda r: r["period_start_ms"])
+        stats = _stats_from_row(members[0])
+        for row in members[1:]:
+            _merge(stats, _stats_from_row(row), max_samples)
+        merged_rows.append(
+            {
+                **ROW_DEFAULTS,
+                "report": report,
+                "period": period,
+                "period_start_ms": start,
+                "domain": domain,
+                "host": host,
+                "type": type_,
+                "name": name,
+                "late_count": sum(r.get("late_count", 0) for r in members),
+                "revision": max(r.get("revision", 0) for r in members),
+                "closed_at_ms": max(r.get("closed_at_ms", 0) for r in members),
+                **stats.row_fields(),
+            }
+        )
+    return merged_rows
+
+
+def _stats_from_row(row: Mapping[str, Any]) -> Any:
+    report = row["report"]
+    if report == "transaction":
+        return TransactionStats.from_row(row)
+    if report == "event":
+        return EventStats.from_row(row)
+    if report == "problem":
+        return ProblemStats.from_row(row)
+    raise ValueError(f"unknown report {report!r}")
+
+
+# --- what readers see -------------------------------------------------------------------------
+
+
+def describe_row(row: Mapping[str, Any], elapsed_seconds: float | None = None) -> dict[str, Any]:
+    """A row as CAT shows it: times in ms, fail %, avg, std, TPS and percentile lines."""
+    count = row["count"]
+    seconds = elapsed_seconds or PERIOD_MS[row["period"]] / 1000
+    described: dict[str, Any] = {
+        "report": row["report"],
+        "period": row["period"],
+        "period_start_ms": row["period_start_ms"],
+        "domain": row["domain"],
+        "host": row["host"],
+        "type": row["type"],
+        "name": row["name"],
+        "count": count,
+        "fail_count": row.get("fail_count", 0),
+        "fail_percent": round(100.0 * row.get("fail_count", 0) / count, 4) if count else 0.0,
+        "tps": round(count / seconds, 4),
+        "late_count": row.get("late_count", 0),
+        "revision": row.get("revision", 0),
+    }
+    if row["report"] == "transaction":
+        stats = TransactionStats.from_row(row)
+        mean = stats.sum_us / count if count else 0.0
+        described.update(
+            min_ms=stats.min_us / 1000,
+            max_ms=stats.max_us / 1000,
+            sum_ms=stats.sum_us / 1000,
+            avg_ms=round(mean / 1000, 4),
+            std_ms=round(standard_deviation(count, stats.sum_us, stats.sum_squares) / 1000, 4),
+            duration_counts=stats.duration_counts,
+            success_message_id=stats.success_message_id,
+            fail_message_id=stats.fail_message_id,
+            longest_message_id=stats.longest_message_id,
+        )
+        for label, value in stats.sketch.quantiles().items():
+            described[f"{label}_ms"] = None if value is None else round(value / 1000, 4)
+    elif row["report"] == "event":
+        described.update(
+            success_message_id=row.get("success_message_id"),
+            fail_message_id=row.get("fail_message_id"),
+        )
+    else:
+        described.update(
+            duration_counts=dict(row.get("duration_counts") or {}),
+            sample_message_ids=list(row.get("sample_message_ids") or []),
+        )
+    return described
+
+
+def standard_deviation(count: int, total: float, sum_squares: float) -> float:
+    """Population standard deviation from count, sum and sum of squares; 0 when undefined."""
+    if count <= 1:
+        return 0.0
+    mean = total / count
+    variance = sum_squares / count - mean * mean
+    return math.sqrt(variance) if variance > 0 else 0.0
