@@ -106,6 +106,45 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=90, description="how long /notifications/v2 holds a request"
     )
 
+    # Metrics (KairosDB-compatible).
+    metrics_telnet_port: int = Field(
+        default=4242, ge=0, description="telnet `put` port (KairosDB: 4242); 0 turns it off"
+    )
+    metrics_telnet_max_line_bytes: int = Field(default=8192, gt=0)
+    metrics_max_request_bytes: int = Field(
+        default=32 * 2**20, gt=0, description="largest POST /api/v1/datapoints body, after gunzip"
+    )
+    metrics_raw_retention_s: int = Field(
+        default=30 * 86400, ge=0, description="TTL of raw points without their own ttl; 0: forever"
+    )
+    metrics_series_limit: int = Field(
+        default=10_000, gt=0, description="distinct tag sets per metric before new ones are refused"
+    )
+    metrics_rollup_grace_s: float = Field(
+        default=60.0, ge=0, description="how far behind the newest point a minute stays open"
+    )
+
+    # Tracing (CAT reports; docs/tracing.md). Problem thresholds: CAT's defaults, overridable
+    # per domain as JSON, e.g. {"shop": {"long_url": [500, 1000], "long_sql": [50]}}.
+    tracing_grace_s: float = Field(
+        default=10.0, ge=0, description="how far behind the newest root time a minute stays open"
+    )
+    tracing_keep_closed_s: float = Field(
+        default=3600.0, ge=0, description="how long a closed minute stays in memory for late trees"
+    )
+    tracing_problem_thresholds: str = Field(
+        default="", description="JSON: per domain, long-* thresholds in ms replacing CAT's"
+    )
+    tracing_problem_samples: int = Field(
+        default=5, ge=0, description="sample message ids kept per problem row"
+    )
+    tracing_logview_sample_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="share of call chains without failure or problem kept for logview",
+    )
+
     # The local stack (`stackstream dev`).
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "stackstream",

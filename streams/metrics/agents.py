@@ -1,22 +1,70 @@
-"""Metric agents: keep the newest point per series; write raw points to Cassandra."""
+"""Metric agents: keep the newest point per series; store points, indexes and rollups.
+
+`sinks.points_to_cassandra` is a batch agent (high volume, idempotent): per batch it applies the
+cardinality guard, writes raw points (with their retention TTL), then the row-key and string
+indexes, minute and hour rollups and the per-partition rollup progress. Offsets are committed
+after all of it is in Cassandra, so a crash replays the batch into the same rows.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from connectors.cassandra import CassandraSink
 from streams.bus.batching import BatchItem
 from streams.metrics import api
 from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
-from streams.metrics.model import latest_entry, newest, raw_point_row, series_key, validate_point
-from streams.metrics.tables import LATEST_TABLE, RAW_POINTS
+from streams.metrics.model import (
+    CardinalityExceeded,
+    MetricSeries,
+    admit_series,
+    cardinality_level,
+    latest_entry,
+    newest,
+    raw_point_row,
+    row_time,
+    series_key,
+    tags_text,
+    validate_point,
+)
+from streams.metrics.rollup import PartitionRollups, SeriesId
+from streams.metrics.store import MetricStore
+from streams.metrics.tables import (
+    CARDINALITY,
+    LATEST_TABLE,
+    METRIC_NAMES,
+    METRIC_SERIES,
+    RAW_POINTS,
+    ROLLUP_PROGRESS,
+    ROLLUPS_HOUR,
+    ROLLUPS_MINUTE,
+    ROW_KEYS,
+    STRING_INDEX,
+    TAG_NAMES,
+    TAG_VALUES,
+)
 
 if TYPE_CHECKING:
     from streams.app import Runtime
 
+log = logging.getLogger(__name__)
 TRACK_LATEST = "metrics.track_latest"
 POINTS_TO_CASSANDRA = "sinks.points_to_cassandra"
+
+
+@dataclass
+class MetricsStats:
+    """Counters of this worker's metric pipeline, shown at /metrics/status."""
+
+    late_points: int = 0
+    rejected_series: int = 0
+    rollup_rows: int = 0
+    warned: set[str] = field(default_factory=set)
 
 
 def register(runtime: Runtime) -> None:
@@ -37,27 +85,206 @@ def register(runtime: Runtime) -> None:
                     as_current_event(item)
                     latest[key] = latest_entry(point)
 
+    settings = runtime.settings
     sink = CassandraSink(
-        runtime.settings.cassandra_contact_points,
-        runtime.settings.cassandra_keyspace,
-        datacenter=runtime.settings.cassandra_datacenter,
+        settings.cassandra_contact_points,
+        settings.cassandra_keyspace,
+        datacenter=settings.cassandra_datacenter,
     )
-    ready = asyncio.Event()
+    store = MetricStore(sink)
+    writer = PointWriter(runtime, store)
+    runtime.context["metrics.stats"] = writer.stats
 
-    @runtime.batch_agent(POINTS_TO_CASSANDRA, POINTS_TOPIC, POINT_SCHEMA, validate=validate_point)
+    @runtime.batch_agent(
+        POINTS_TO_CASSANDRA,
+        POINTS_TOPIC,
+        POINT_SCHEMA,
+        validate=validate_point,
+        on_revoked=writer.forget,
+    )
     async def points_to_cassandra(batch: list[BatchItem]) -> None:
-        if not ready.is_set():
-            await sink.open()
-            await sink.ensure_table(RAW_POINTS)
-            ready.set()
-        by_ttl: dict[int, list[dict]] = {}
-        for item in batch:
-            by_ttl.setdefault(item.record["ttl_seconds"], []).append(raw_point_row(item.record))
-        for ttl, rows in by_ttl.items():
-            await sink.upsert(RAW_POINTS.name, rows, ttl_seconds=ttl)
+        await writer.write(batch)
 
     @runtime.app.on_before_shutdown.connect
     async def close_sink(app: object, **kwargs: object) -> None:
         sink.close()
 
-    api.register(runtime, latest, points)
+    api.register(runtime, latest, points, store)
+
+
+class PointWriter:
+    """The batch handler's state: known series per metric, rollups per partition, indexes."""
+
+    def __init__(self, runtime: Runtime, store: MetricStore) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.limit = runtime.settings.metrics_series_limit
+        self.retention = runtime.settings.metrics_raw_retention_s
+        self.grace_ms = int(runtime.settings.metrics_rollup_grace_s * 1000)
+        self.series: dict[str, MetricSeries] = {}
+        self.metric_partition: dict[str, int] = {}
+        self.rollups: dict[int, PartitionRollups] = {}
+        self.indexed_strings: set[tuple[str, str]] = set()
+        self.indexed_rows: set[tuple[str, int, str]] = set()
+        self.stats = MetricsStats()
+
+    async def forget(self, partitions: list[int]) -> None:
+        """Partitions went to another worker: what it writes there is no longer known here."""
+        lost = set(partitions)
+        for partition in lost:
+            self.rollups.pop(partition, None)
+        for metric in [m for m, p in self.metric_partition.items() if p in lost]:
+            self.series.pop(metric, None)
+            del self.metric_partition[metric]
+
+    async def write(self, batch: list[BatchItem]) -> None:
+        await self.store.open()
+        accepted, changed_metrics = await self._guard(batch)
+        sink = self.store.sink
+        by_ttl: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for item in accepted:
+            record = item.record
+            by_ttl[record["ttl_seconds"] or self.retention].append(raw_point_row(record))
+        for ttl, rows in by_ttl.items():
+            await sink.upsert(RAW_POINTS.name, rows, ttl_seconds=ttl)
+        await asyncio.gather(
+            self._write_indexes(accepted),
+            self._write_rollups(accepted),
+            self._write_cardinality(changed_metrics),
+        )
+
+    async def _guard(self, batch: list[BatchItem]) -> tuple[list[BatchItem], set[str]]:
+        """Points of known series, or of new series within the limit; the rest dead-lettered."""
+        missing = sorted({item.record["name"] for item in batch} - self.series.keys())
+        loaded = await asyncio.gather(*(self.store.metric_series(m) for m in missing))
+        rejected_before = await asyncio.gather(*(self.store.rejected_count(m) for m in missing))
+        for metric, tag_sets, rejected in zip(missing, loaded, rejected_before, strict=True):
+            self.series[metric] = MetricSeries(metric, tag_sets)
+            self.series[metric].rejected = rejected
+        accepted: list[BatchItem] = []
+        new_series: list[dict[str, str]] = []
+        changed: set[str] = set()
+        for item in batch:
+            record = item.record
+            metric = record["name"]
+            self.metric_partition[metric] = item.partition
+            known = self.series[metric]
+            try:
+                if admit_series(known, record["tags"], self.limit):
+                    new_series.append({"metric": metric, "tags": tags_text(record["tags"])})
+                    changed.add(metric)
+            except CardinalityExceeded as error:
+                changed.add(metric)
+                self.stats.rejected_series += 1
+                await self.runtime.dead_letter(
+                    item.origin, POINTS_TO_CASSANDRA, error.error_type, str(error)
+                )
+                continue
+            accepted.append(item)
+        for metric in changed:
+            known = self.series[metric]
+            level = cardinality_level(len(known.series), self.limit)
+            if level != "ok" and metric not in self.stats.warned:
+                self.stats.warned.add(metric)
+                worst, values = known.worst_tag()
+                log.warning(
+                    "metric %r has %d of its %d series (%s); tag %r has %d values",
+                    metric,
+                    len(known.series),
+                    self.limit,
+                    level,
+                    worst,
+                    values,
+                )
+        await self.store.sink.upsert(METRIC_SERIES.name, new_series)
+        return accepted, changed
+
+    async def _write_indexes(self, accepted: list[BatchItem]) -> None:
+        strings: list[dict[str, str]] = []
+        rows: list[dict[str, Any]] = []
+        for item in accepted:
+            record = item.record
+            name = record["name"]
+            tags = record["tags"]
+            row_key = (name, row_time(record["timestamp_ms"]), tags_text(tags))
+            if row_key in self.indexed_rows:
+                continue
+            self.indexed_rows.add(row_key)
+            rows.append({"metric": row_key[0], "row_time": row_key[1], "tags": row_key[2]})
+            wanted = [(METRIC_NAMES, name)]
+            wanted += [(TAG_NAMES, key) for key in tags]
+            wanted += [(TAG_VALUES, value) for value in tags.values()]
+            for kind, value in wanted:
+                if (kind, value) not in self.indexed_strings:
+                    self.indexed_strings.add((kind, value))
+                    strings.append({"kind": kind, "value": value})
+        await self.store.sink.upsert(ROW_KEYS.name, rows)
+        await self.store.sink.upsert(STRING_INDEX.name, strings)
+
+    async def _write_rollups(self, accepted: list[BatchItem]) -> None:
+        by_partition: dict[int, list[tuple[SeriesId, int, float]]] = defaultdict(list)
+        for item in accepted:
+            record = item.record
+            series = (record["name"], tags_text(record["tags"]))
+            by_partition[item.partition].append((series, record["timestamp_ms"], record["value"]))
+        await asyncio.gather(*(self._roll(p, points) for p, points in by_partition.items()))
+
+    async def _roll(self, partition: int, points: list[tuple[SeriesId, int, float]]) -> None:
+        state = self.rollups.get(partition)
+        if state is None:
+            known_until = await self.store.progress(partition)
+            state = PartitionRollups(self.grace_ms, known_until=known_until)
+            self.rollups[partition] = state
+        minute_keys = state.minutes_to_load((series, ts) for series, ts, _ in points)
+        minute_points = await asyncio.gather(
+            *(self.store.raw_minute(s[0], s[1], minute) for s, minute in minute_keys)
+        )
+        for key, loaded in zip(minute_keys, minute_points, strict=True):
+            state.load_minute(key, loaded)
+        touched = {(series, ts - ts % 60_000) for series, ts, _ in points}
+        hour_keys = state.hours_to_load(touched)
+        hour_minutes = await asyncio.gather(
+            *(self.store.minute_rollups(s[0], s[1], hour) for s, hour in hour_keys)
+        )
+        for key, minutes in zip(hour_keys, hour_minutes, strict=True):
+            state.load_hour(key, minutes)
+        changes = state.apply(points)
+        self.stats.late_points += changes.late_points
+        minute_rows = [_rollup_row(key, aggregate) for key, aggregate in changes.minutes.items()]
+        hour_rows = [_rollup_row(key, aggregate) for key, aggregate in changes.hours.items()]
+        sink = self.store.sink
+        await asyncio.gather(
+            sink.upsert(ROLLUPS_MINUTE.name, minute_rows),
+            sink.upsert(ROLLUPS_HOUR.name, hour_rows),
+        )
+        await sink.upsert(
+            ROLLUP_PROGRESS.name,
+            [{"source_partition": partition, "max_event_ms": state.max_event_ms}],
+        )
+        self.stats.rollup_rows += len(minute_rows) + len(hour_rows)
+
+    async def _write_cardinality(self, metrics: set[str]) -> None:
+        rows = []
+        now = int(time.time() * 1000)
+        for metric in sorted(metrics):
+            known = self.series[metric]
+            worst, values = known.worst_tag()
+            rows.append(
+                {
+                    "metric": metric,
+                    "series": len(known.series),
+                    "series_limit": self.limit,
+                    "rejected": known.rejected,
+                    "worst_tag": worst,
+                    "worst_tag_values": values,
+                    "updated_ms": now,
+                }
+            )
+        await self.store.sink.upsert(CARDINALITY.name, rows)
+
+
+def _rollup_row(key: tuple[SeriesId, int], aggregate: Any) -> dict[str, Any]:
+    (metric, tags), start = key
+    return {"metric": metric, "row_time": row_time(start), "tags": tags, "ts": start} | (
+        aggregate.row()
+    )

@@ -1,10 +1,14 @@
-"""Pure metric logic: point validation, series identity and raw-point rows (KairosDB layout)."""
+"""Pure metric logic: point validation, series identity, raw-point rows, cardinality guard.
+
+The other pure modules of the domain: ingest.py (KairosDB ingest formats), rollup.py (mergeable
+aggregates), query.py (KairosDB queries).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streams.errors import RecordRejected
@@ -73,3 +77,77 @@ def raw_point_row(point: Mapping[str, Any]) -> dict[str, Any]:
         "ts": timestamp,
         "value": point["value"],
     }
+
+
+class CardinalityExceeded(RecordRejected):
+    """A point would start a new series past its metric's series limit."""
+
+    error_type = "cardinality"
+
+
+WARNING_FRACTION = 0.8
+
+
+class MetricSeries:
+    """The accepted tag sets of one metric and how many values each tag key has among them."""
+
+    def __init__(self, metric: str, tag_sets: Iterable[Mapping[str, str]] = ()) -> None:
+        self.metric = metric
+        self.series: set[str] = set()
+        self.values_by_tag: dict[str, set[str]] = {}
+        self.rejected = 0
+        for tags in tag_sets:
+            self.add(tags)
+
+    def add(self, tags: Mapping[str, str]) -> None:
+        self.series.add(tags_text(tags))
+        for key, value in tags.items():
+            self.values_by_tag.setdefault(key, set()).add(value)
+
+    def worst_tag(self) -> tuple[str, int]:
+        """The tag key with the most distinct values: the likely cause of a series explosion."""
+        if not self.values_by_tag:
+            return ("", 0)
+        key = max(sorted(self.values_by_tag), key=lambda k: len(self.values_by_tag[k]))
+        return key, len(self.values_by_tag[key])
+
+
+def admit_series(known: MetricSeries, tags: Mapping[str, str], limit: int) -> bool:
+    """Whether a point with `tags` may be stored; True when it added a new series.
+
+    Raises CardinalityExceeded (naming the metric, the limit and the worst tag key) when the
+    tag set is new and the metric already has `limit` series.
+    """
+    text = tags_text(tags)
+    if text in known.series:
+        return False
+    if len(known.series) >= limit:
+        known.rejected += 1
+        probe = MetricSeries(known.metric)
+        probe.values_by_tag = {k: set(v) for k, v in known.values_by_tag.items()}
+        probe.add(tags)
+        worst, count = probe.worst_tag()
+        raise CardinalityExceeded(
+            "tags",
+            f"metric {known.metric!r} has reached its limit of {limit} series; tag {worst!r} "
+            f"has {count} distinct values; drop or bound that tag",
+        )
+    known.add(tags)
+    return True
+
+
+def cardinality_level(series: int, limit: int) -> str:
+    """ok, warning (from 80% of the limit) or full."""
+    if series >= limit:
+        return "full"
+    if series >= WARNING_FRACTION * limit:
+        return "warning"
+    return "ok"
+
+
+def tags_from_text(text: str) -> dict[str, str]:
+    return dict(json.loads(text))
+
+
+def row_time(timestamp_ms: int) -> int:
+    return timestamp_ms - timestamp_ms % ROW_WIDTH_MS
