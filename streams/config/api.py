@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from faust.web import View
 
 from streams.config import model
@@ -70,6 +71,10 @@ def _answer(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
     return wrapper
 
 
+def _error_response(error: ConfigError) -> web.Response:
+    return web.json_response(error_body(error.field, error.message), status=error.status)
+
+
 def register(runtime: Runtime, state: ConfigState) -> None:
     app = runtime.app
     settings = runtime.settings
@@ -90,24 +95,66 @@ def register(runtime: Runtime, state: ConfigState) -> None:
         labels = model.parse_labels(query.get("label"))
         return record, model.served(record, app_id, query.get("ip") or None, labels)
 
-    @app.page("/configs/{app_id}/{cluster}/{namespace}")
-    class Configs(View):
+    async def configs(request: web.Request) -> web.StreamResponse:
         """Apollo `GET /configs/{appId}/{cluster}/{namespace}`: 304 when the key is current."""
-
-        @_answer
-        async def get(self, request: Any, app_id: str, cluster: str, namespace: str) -> Any:
-            record, release = client_release(app_id, cluster, namespace, request.query)
-            if request.query.get("releaseKey") == release.release_key:
-                return self.bytes(b"", status=304)
-            return self.json(
-                {
-                    "appId": app_id,
-                    "cluster": record["cluster"],
-                    "namespaceName": namespace,
-                    "configurations": release.configurations,
-                    "releaseKey": release.release_key,
-                }
+        match = request.match_info
+        app_id, namespace, query = match["app_id"], match["namespace"], request.query
+        try:
+            record = model.resolve_release(
+                index.releases, app_id, match["cluster"], namespace, query.get("dataCenter") or None
             )
+            if record is None:
+                raise model.NotFound(
+                    "namespace",
+                    f"no release of {app_id}/{match['cluster']}/{namespace} (nor in default)",
+                )
+            release_key, body = state.configs.body(
+                record,
+                app_id,
+                namespace,
+                query.get("ip") or None,
+                model.parse_labels(query.get("label")),
+            )
+        except ConfigError as error:
+            return _error_response(error)
+        if query.get("releaseKey") == release_key:
+            return web.Response(status=304)
+        return web.Response(body=body, content_type="application/json")
+
+    async def notifications(request: web.Request) -> web.StreamResponse:
+        """Apollo long poll: 200 once a watched namespace beats the client's id, else 304."""
+        query = request.query
+        app_id = query.get("appId", "")
+        cluster = query.get("cluster") or model.DEFAULT_CLUSTER
+        data_center = query.get("dataCenter") or None
+        text = query.get("notifications")
+        try:
+            if not app_id:
+                raise ConfigError("appId", "missing query parameter")
+            answer = state.notifications.answer(app_id, cluster, data_center, text)
+        except ConfigError as error:
+            return _error_response(error)
+        if answer.body is not None:
+            return web.Response(body=answer.body, content_type="application/json")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.config_long_poll_seconds
+        while answer.body is None:
+            woken = state.watch(answer.keys)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await woken.wait()
+            except TimeoutError:
+                return web.Response(status=304)
+            finally:
+                state.unwatch(answer.keys)
+            answer = state.notifications.answer(app_id, cluster, data_center, text)
+        return web.Response(body=answer.body, content_type="application/json")
+
+    # The two requests every client makes per release go straight to aiohttp: Faust's View
+    # dispatch, sensors and JSON rendering cost as much again per request (docs/config.md).
+    router = app.web.web_app.router
+    router.add_get("/configs/{app_id}/{cluster}/{namespace}", configs)
+    router.add_get("/notifications/v2", notifications)
 
     @app.page("/configfiles/json/{app_id}/{cluster}/{namespace}")
     class ConfigFileJson(View):
@@ -143,49 +190,6 @@ def register(runtime: Runtime, state: ConfigState) -> None:
             else:
                 text = release.configurations.get(model.CONTENT_KEY, "")
             return self.text(text, content_type="text/plain")
-
-    @app.page("/notifications/v2")
-    class Notifications(View):
-        """Apollo long poll: 200 once a watched namespace beats the client's id, else 304."""
-
-        @_answer
-        async def get(self, request: Any) -> Any:
-            query = request.query
-            app_id = query.get("appId", "")
-            if not app_id:
-                raise ConfigError("appId", "missing query parameter")
-            cluster = query.get("cluster") or model.DEFAULT_CLUSTER
-            data_center = query.get("dataCenter") or None
-            watched = model.parse_notifications(query.get("notifications"))
-            updates = model.notification_updates(
-                index.releases, app_id, cluster, data_center, watched
-            )
-            if updates:
-                return self.json(updates)
-            keys = [
-                key
-                for name, _ in watched
-                for key in model.watched_keys(app_id, cluster, name, data_center)
-            ]
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + settings.config_long_poll_seconds
-            while True:
-                woken = state.watch(keys)
-                try:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return self.bytes(b"", status=304)
-                    try:
-                        await asyncio.wait_for(woken.wait(), remaining)
-                    except TimeoutError:
-                        return self.bytes(b"", status=304)
-                finally:
-                    state.unwatch(keys, woken)
-                updates = model.notification_updates(
-                    index.releases, app_id, cluster, data_center, watched
-                )
-                if updates:
-                    return self.json(updates)
 
     client_parameters = [
         query_parameter("releaseKey", "the key the client holds; 304 when it is current"),

@@ -868,3 +868,114 @@ class ConfigIndex:
     def namespaces_of(self, app_id: str, cluster: str) -> list[Record]:
         prefix = f"{app_id}+{cluster}+"
         return [d for k, d in sorted(self.drafts.items()) if k.startswith(prefix)]
+
+
+def served_variant(
+    record: Record, client_app_id: str, ip: str | None, labels: frozenset[str] = frozenset()
+) -> tuple[str, bool]:
+    """The release key a client is served and whether it is the gray branch, without copying
+    the items (what a cache lookup needs)."""
+    gray = record["gray"]
+    if gray is not None and any(
+        rule_matches(rule, client_app_id, ip, labels) for rule in gray["rules"]
+    ):
+        return gray["release_key"], True
+    return record["release_key"], False
+
+
+def configs_body(app_id: str, namespace: str, served_release: Served) -> bytes:
+    """Apollo's `/configs` answer, encoded once per served release."""
+    return json.dumps(
+        {
+            "appId": app_id,
+            "cluster": served_release.record["cluster"],
+            "namespaceName": namespace,
+            "configurations": served_release.configurations,
+            "releaseKey": served_release.release_key,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+class RenderedConfigs:
+    """Encoded `/configs` bodies per (app, record cluster, namespace, release key, gray): a fetch
+    after a release is a dict lookup instead of a copy and a JSON encoding per client. A release
+    key names one content for good, so an entry is never stale; the oldest are dropped past
+    `limit` to bound memory."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._bodies: dict[tuple[str, str, str, str, bool], bytes] = {}
+
+    def body(
+        self,
+        record: Record,
+        app_id: str,
+        namespace: str,
+        ip: str | None,
+        labels: frozenset[str],
+    ) -> tuple[str, bytes]:
+        """The release key this client is served and its encoded answer."""
+        release_key, gray = served_variant(record, app_id, ip, labels)
+        cache_key = (app_id, record["cluster"], namespace, release_key, gray)
+        body = self._bodies.get(cache_key)
+        if body is None:
+            body = configs_body(app_id, namespace, served(record, app_id, ip, labels))
+            if len(self._bodies) >= self.limit:
+                del self._bodies[next(iter(self._bodies))]
+            self._bodies[cache_key] = body
+        return release_key, body
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    """What `/notifications/v2` answers one query now: a 200 body, or the keys to wait on."""
+
+    body: bytes | None
+    keys: tuple[str, ...]
+
+
+class NotificationAnswers:
+    """`/notifications/v2` answers per (app, cluster, data center, notifications text), computed
+    once for every client that sends the same query (after a release, all of a namespace's
+    clients hold the same id). `clear()` on every applied release keeps them current."""
+
+    def __init__(self, releases: Mapping[str, Record], limit: int = 4096) -> None:
+        self.releases = releases
+        self.limit = limit
+        self._answers: dict[tuple[str, str, str | None, str | None], PollAnswer] = {}
+
+    def answer(
+        self, app_id: str, cluster: str, data_center: str | None, notifications: str | None
+    ) -> PollAnswer:
+        """Raises ConfigError (naming the field) for a malformed `notifications`."""
+        cache_key = (app_id, cluster, data_center, notifications)
+        found = self._answers.get(cache_key)
+        if found is not None:
+            return found
+        watched = parse_notifications(notifications)
+        updates = notification_updates(self.releases, app_id, cluster, data_center, watched)
+        keys = tuple(
+            dict.fromkeys(
+                key
+                for name, _ in watched
+                for key in watched_keys(app_id, cluster, name, data_center)
+            )
+        )
+        found = PollAnswer(
+            json.dumps(updates, ensure_ascii=False).encode() if updates else None, keys
+        )
+        if len(self._answers) >= self.limit:
+            self._answers.clear()
+        self._answers[cache_key] = found
+        return found
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+    def __len__(self) -> int:
+        return len(self._answers)

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from streams.bus.codec import CodecError
 from streams.config.events import RELEASE_SCHEMA
-from streams.config.model import ConfigIndex, Record, validate_release
+from streams.config.model import (
+    ConfigIndex,
+    NotificationAnswers,
+    Record,
+    RenderedConfigs,
+    validate_release,
+)
 from streams.errors import RecordRejected
 
 if TYPE_CHECKING:
@@ -36,38 +42,61 @@ SERVE_RELEASES = "config.serve_releases"
 
 
 class ConfigState:
-    """This worker's `ConfigIndex`, with events that wake whoever waits for a namespace."""
+    """This worker's `ConfigIndex`, the encoded client answers, and the events that wake whoever
+    waits for a namespace.
+
+    Long polls watching the same namespace keys share one event, so a release wakes its N
+    waiters with one `set()` per watched key set, and they all answer from one cached body.
+    """
 
     def __init__(self) -> None:
         self.index = ConfigIndex()
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self.configs = RenderedConfigs()
+        self.notifications = NotificationAnswers(self.index.releases)
+        self._events: dict[tuple[str, ...], asyncio.Event] = {}
+        self._waiting: dict[tuple[str, ...], int] = {}
+        self._key_sets: dict[str, set[tuple[str, ...]]] = {}
         self._any_change = asyncio.Event()
         self.last_applied_at: float | None = None
         self.skipped = 0
 
-    def watch(self, keys: list[str]) -> asyncio.Event:
-        """An event set as soon as a release of one of these namespace keys is applied."""
-        event = asyncio.Event()
-        for key in keys:
-            self._watchers.setdefault(key, set()).add(event)
+    def watch(self, keys: tuple[str, ...]) -> asyncio.Event:
+        """An event set as soon as a release of one of these namespace keys is applied (shared
+        by every waiter on the same keys; release it with `unwatch`)."""
+        event = self._events.get(keys)
+        if event is None:
+            event = self._events[keys] = asyncio.Event()
+            for key in keys:
+                self._key_sets.setdefault(key, set()).add(keys)
+        self._waiting[keys] = self._waiting.get(keys, 0) + 1
         return event
 
-    def unwatch(self, keys: list[str], event: asyncio.Event) -> None:
+    def unwatch(self, keys: tuple[str, ...]) -> None:
+        left = self._waiting.get(keys, 0) - 1
+        if left > 0:
+            self._waiting[keys] = left
+            return
+        self._waiting.pop(keys, None)
+        self._events.pop(keys, None)
         for key in keys:
-            watchers = self._watchers.get(key)
-            if watchers is not None:
-                watchers.discard(event)
-                if not watchers:
-                    del self._watchers[key]
+            key_sets = self._key_sets.get(key)
+            if key_sets is not None:
+                key_sets.discard(keys)
+                if not key_sets:
+                    del self._key_sets[key]
 
     @property
     def watcher_count(self) -> int:
-        return len({id(e) for events in self._watchers.values() for e in events})
+        return sum(self._waiting.values())
 
     def release_applied(self, key: str, record: Record | None) -> None:
         self.index.apply_release(key, record)
-        for event in self._watchers.get(key, ()):
-            event.set()
+        self.notifications.clear()
+        for keys in self._key_sets.get(key, ()):
+            event = self._events.get(keys)
+            if event is not None:
+                event.set()
+                self._events[keys] = asyncio.Event()
         self._changed()
 
     def history_applied(self, key: str, record: Record) -> None:
