@@ -33,7 +33,6 @@ from streams.registry.model import (
     effective_status,
     instance_key,
     is_live,
-    live_instances,
     renew_outcome,
     validate_instance,
     with_vip,
@@ -139,19 +138,20 @@ def register(runtime: Runtime, registry: Registry) -> None:
         async def get(self, request: Any, path: str = "") -> Any:
             parts = self.parts(path)
             as_json = wants_json(request.headers)
-            entries = registry.entries()
+            view = registry.view
             if parts == ["apps"]:
-                live = live_instances(entries)
+                live = view.live()
                 body = render_applications(live, "1", apps_hashcode(live), as_json)
                 return self.answer(request, body, as_json)
             if parts == ["apps", "delta"]:
                 retention_ms = int(runtime.settings.registry_delta_retention_s * 1000)
+                entries = view.entries.values()
                 changed, version, hashcode = delta_view(entries, now_ms(), retention_ms)
                 body = render_applications(changed, version, hashcode, as_json)
                 return self.answer(request, body, as_json)
             if len(parts) == 2 and parts[0] == "apps":
                 name = parts[1].upper()
-                members = [i for i in live_instances(entries) if i["app"] == name]
+                members = view.app(name)
                 if not members:
                     return self.problem(404, "app", f"no application {name}")
                 return self.answer(request, render_application(name, members, as_json), as_json)
@@ -162,12 +162,12 @@ def register(runtime: Runtime, registry: Registry) -> None:
                 assert entry is not None
                 return self.answer(request, render_instance(entry["instance"], as_json), as_json)
             if len(parts) == 2 and parts[0] == "instances":
-                for instance in live_instances(entries):
+                for instance in view.live():
                     if instance["instance_id"] == parts[1]:
                         return self.answer(request, render_instance(instance, as_json), as_json)
                 return self.problem(404, "id", f"no instance {parts[1]}")
             if len(parts) == 2 and parts[0] in ("vips", "svips"):
-                chosen = with_vip(live_instances(entries), parts[1], parts[0] == "svips")
+                chosen = with_vip(view.live(), parts[1], parts[0] == "svips")
                 if not chosen:
                     return self.problem(404, "vip", f"no instance serves {parts[1]}")
                 body = render_applications(chosen, "1", apps_hashcode(chosen), as_json)
@@ -289,7 +289,7 @@ def register(runtime: Runtime, registry: Registry) -> None:
             self, request: Any, action: str, app_name: str, instance_id: str, **fields: Any
         ) -> Any:
             key = instance_key(app_name, instance_id)
-            if not is_live(registry.instances.get(key)):
+            if not is_live(registry.view.get(key)):
                 return self.problem(404, "id", f"no instance {instance_id} of {app_name.upper()}")
             stamp = now_ms()
             taken = await self.published(

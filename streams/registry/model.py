@@ -177,8 +177,8 @@ def apply_event(
     instance = current["instance"]
     lease = instance["lease_info"]
     if action == RENEW:
-        status = effective_status(instance["status"], current.get("override"), instance["status"])
-        if status == "UNKNOWN":
+        status = renewed_status(entry)
+        if status is None:
             return Applied(None)
         instance["status"] = status
         lease["last_renewal_timestamp_ms"] = now
@@ -215,6 +215,36 @@ def apply_event(
         merged["metadata"] = {**instance["metadata"], **event["metadata"]}
         return _register(current, merged, now, partition, event["is_replication"])
     return Applied(None)
+
+
+def renewed_status(entry: Mapping[str, Any] | None) -> str | None:
+    """The status a renewal leaves an entry in, or None when a renewal does nothing to it.
+
+    A renewal changes only the lease time unless this differs from the stored status, so the
+    apply agent can keep plain renewals out of the instance table.
+    """
+    if not is_live(entry):
+        return None
+    assert entry is not None
+    instance = entry["instance"]
+    status = effective_status(instance["status"], entry.get("override"), instance["status"])
+    return None if status == "UNKNOWN" else status
+
+
+def with_renewal(entry: Mapping[str, Any], renewed_ms: int) -> dict[str, Any]:
+    """The entry with its lease's last renewal moved to `renewed_ms` when that is newer.
+
+    Renewals live beside the documents (a lease table and the owner's memory); reads and the
+    eviction run see them through this overlay. The stored entry is not modified.
+    """
+    lease = entry["instance"]["lease_info"]
+    if renewed_ms <= lease["last_renewal_timestamp_ms"]:
+        return dict(entry)
+    instance = {
+        **entry["instance"],
+        "lease_info": {**lease, "last_renewal_timestamp_ms": renewed_ms},
+    }
+    return {**entry, "instance": instance}
 
 
 def _modified(current: dict[str, Any], event: Mapping[str, Any], now: int) -> None:
@@ -464,3 +494,76 @@ def tombstones_to_purge(
         for key, entry in entries
         if entry.get("deleted") and entry.get("changed_ms", 0) < now_ms - retention_ms
     ]
+
+
+# --- one worker's in-memory view -------------------------------------------------------------
+
+
+class RegistryIndex:
+    """The instance entries of one worker's copy, by key and by app, with renewals overlaid.
+
+    Reads, the eviction run and the tombstone purge would otherwise decode every stored entry
+    (a full table scan per request); the index is kept current from the same table writes and
+    changelog records that update the store, so reads cost a dict lookup per answer.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.by_app: dict[str, dict[str, dict[str, Any]]] = {}
+        self.renewed: dict[str, int] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: Mapping[str, Any] | None) -> None:
+        """Store (or with None forget) the entry of `key`, overlaid with its newest renewal."""
+        old = self.entries.pop(key, None)
+        if old is not None:
+            members = self.by_app.get(old["instance"]["app"], {})
+            members.pop(key, None)
+            if not members:
+                self.by_app.pop(old["instance"]["app"], None)
+        if entry is None:
+            self.renewed.pop(key, None)
+            return
+        current = with_renewal(entry, self.renewed.get(key, 0))
+        self.entries[key] = current
+        self.by_app.setdefault(current["instance"]["app"], {})[key] = current
+
+    def renew(self, renewals: Mapping[str, int]) -> None:
+        """Take lease renewals (key -> last renewal, ms); older ones than known are ignored."""
+        for key, at_ms in renewals.items():
+            if at_ms <= self.renewed.get(key, 0):
+                continue
+            self.renewed[key] = at_ms
+            entry = self.entries.get(key)
+            if entry is not None:
+                self.put(key, entry)
+
+    def live(self) -> list[dict[str, Any]]:
+        """Every live instance document (a full fetch)."""
+        return live_instances(self.entries.values())
+
+    def app(self, name: str) -> list[dict[str, Any]]:
+        """The live instance documents of one app (name upper-cased)."""
+        return live_instances(self.by_app.get(name.upper(), {}).values())
+
+    def live_count(self) -> int:
+        return sum(1 for entry in self.entries.values() if is_live(entry))
+
+    def in_partitions(self, partitions: Iterable[int]) -> list[tuple[str, dict[str, Any]]]:
+        wanted = set(partitions)
+        return [(key, e) for key, e in self.entries.items() if e.get("partition") in wanted]
+
+
+def add_renewals(
+    rate: Mapping[str, int] | None, counts: Mapping[int, int], window_ms: int
+) -> dict[str, int] | None:
+    """The renewal counter after renewals counted per window index (`at_ms // window_ms`).
+
+    Renewals are counted in memory and written in batches; applying each window's count at
+    that window's start gives the same counter as counting them one by one.
+    """
+    for window in sorted(counts):
+        rate = count_renewal(rate, window * window_ms, counts[window], window_ms)
+    return dict(rate) if rate is not None else None

@@ -22,12 +22,35 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+from streams.bus.codec import AvroCodec, CodecError, SchemaRegistry
 from streams.errors import StackstreamError
 from streams.sdk.eureka import applications_from_json
+from streams.sdk.producer import DEFAULT_SCHEMAS_DIR
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 EVENTS_TOPIC = "registry.events"
+EVENT_SCHEMA = "stackstream.registry.RegistryEvent"
+UNSEEN_ACTIONS = frozenset({"RENEW"})
+
+
+def changes_registry(
+    key: bytes | None, value: bytes | None, decode: Callable[[bytes], dict[str, Any]]
+) -> bool:
+    """Whether a registry event can change what a full fetch or the delta shows.
+
+    Registry-wide decisions and plain renewals cannot (a renewal only moves the lease time,
+    which the delta does not report), so they do not trigger a fetch; at thousands of
+    instances renewals are hundreds a second. An event we cannot decode counts as a change.
+    """
+    if key is not None and key.startswith(b"_registry"):
+        return False
+    if value is None:
+        return True
+    try:
+        return decode(value)["action"] not in UNSEEN_ACTIONS
+    except (CodecError, KeyError):
+        return True
 
 
 class NoServerAvailable(StackstreamError):
@@ -124,16 +147,19 @@ class DiscoveryClient:
 
     # --- keeping it current ------------------------------------------------------------------
 
-    def refresh(self, *, full: bool = False) -> None:
-        """Merge the delta (or fetch everything) and verify the result against apps__hashcode."""
+    def refresh(self, *, full: bool = False) -> bool:
+        """Merge the delta (or fetch everything) and verify the result against apps__hashcode.
+
+        Returns False when the delta was the one already merged (nothing new on the server).
+        """
         if full or not self._instances:
             self._full_fetch()
-            return
+            return True
         answer = self._get("apps/delta")
         self.delta_fetches += 1
         version = (answer["versions_delta"], answer["apps_hashcode"])
         if version == self._last_delta:
-            return
+            return False
         self._last_delta = version
         with self._lock:
             for instance in answer["instances"]:
@@ -147,6 +173,7 @@ class DiscoveryClient:
             self._full_fetch()
         else:
             self._notify()
+        return True
 
     def _full_fetch(self) -> None:
         answer = self._get("apps/")
@@ -171,11 +198,11 @@ class DiscoveryClient:
                 return
             pushed = self._wake.is_set()
             self._wake.clear()
-            for attempt in range(3 if pushed else 1):
+            # A pushed change may not be applied on the server yet: fetch again (briefly) until
+            # the delta moves.
+            for attempt in range(5 if pushed else 1):
                 try:
-                    before = self.delta_fetches
-                    self.refresh()
-                    if not pushed or self.delta_fetches == before:
+                    if self.refresh() or not pushed:
                         break
                 except (httpx.HTTPError, ValueError, KeyError) as error:
                     log.warning("stackstream discovery: refresh failed: %s", error)
@@ -195,6 +222,7 @@ class DiscoveryClient:
             }
         )
         consumer.subscribe([self.topic_prefix + EVENTS_TOPIC])
+        decode = AvroCodec(SchemaRegistry.from_directory(DEFAULT_SCHEMAS_DIR)).decoder(EVENT_SCHEMA)
         try:
             while not self._stop.is_set():
                 message = consumer.poll(0.2)
@@ -204,7 +232,7 @@ class DiscoveryClient:
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     log.warning("stackstream discovery: push stream: %s", error.str())
                     continue
-                if error is None and not message.key().startswith(b"_registry"):
+                if error is None and changes_registry(message.key(), message.value(), decode):
                     # The worker applies the event in parallel; give it a moment, then fetch.
                     time.sleep(0.03)
                     self._wake.set()

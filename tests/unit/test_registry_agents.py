@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.app import Runtime
+from streams.app import Runtime, as_current_event
 from streams.registry.agents import APPLY_EVENTS, Registry
 from streams.registry.events import EVENT_SCHEMA, registry_event
 from streams.registry.model import (
@@ -29,7 +29,9 @@ KEY = instance_key("ORDERS", "10.0.0.1:orders:8080")
 
 @pytest.fixture
 def runtime(unit_settings: Settings) -> Runtime:
-    runtime = Runtime(unit_settings.model_copy(update={"domains": "bus,registry"}))
+    # Renewal accounting written after every batch (interval 0), so assertions need no timing.
+    update = {"domains": "bus,registry", "registry_lease_flush_interval_s": 0.0}
+    runtime = Runtime(unit_settings.model_copy(update=update))
     runtime.app.finalize()
     runtime.app.flow_control.resume()
     sent: list[tuple[str, Any, str, dict]] = []
@@ -112,3 +114,71 @@ async def test_events_become_entries_lease_accounting_and_dead_letters(runtime: 
     assert registry.instances[KEY]["action_type"] == "DELETED"
     assert registry.state[partition_key(2)]["lease_delta"] == 0
     assert registry.status(T0 + 5000)["registered_instances"] == 0
+
+
+async def test_renewals_stay_out_of_the_instance_table_and_are_written_in_batches(
+    unit_settings: Settings,
+) -> None:
+    settings = unit_settings.model_copy(
+        update={"domains": "bus,registry", "registry_lease_flush_interval_s": 60.0}
+    )
+    runtime = Runtime(settings)
+    runtime.app.finalize()
+    runtime.app.flow_control.resume()
+    registry: Registry = runtime.context["registry"]
+    agent = runtime.app.agents[APPLY_EVENTS]
+    encode = runtime.codec.encode
+    writes: list[str] = []
+    for table in (registry.instances, registry.leases, registry.state):
+        table.on_key_set = lambda key, value, name=table.name: writes.append(f"{name}:{key}")  # type: ignore[method-assign]
+    async with agent.test_context() as context:
+        await context.put(
+            encode(EVENT_SCHEMA, event(REGISTER, T0, instance=instance())),
+            key=KEY.encode(),
+            partition=2,
+        )
+        await settle(lambda: KEY in registry.instances)
+        for step in range(1, 51):
+            await context.put(
+                encode(EVENT_SCHEMA, event(RENEW, T0 + step * 100)), key=KEY.encode(), partition=2
+            )
+        await settle(
+            lambda: (
+                registry.entry("ORDERS", KEY.split("/")[1]) is not None
+                and registry.entry("ORDERS", KEY.split("/")[1])["instance"]["lease_info"][
+                    "last_renewal_timestamp_ms"
+                ]
+                == T0 + 5000
+            )
+        )
+
+    assert writes.count(f"registry-instances:{KEY}") == 1, "only the register wrote the document"
+    stored = registry.instances[KEY]["instance"]["lease_info"]["last_renewal_timestamp_ms"]
+    assert stored == T0, "renewals did not rewrite the document"
+    assert (
+        registry.view.get(KEY)["instance"]["lease_info"]["last_renewal_timestamp_ms"] == T0 + 5000
+    )
+    assert writes.count("registry-leases:leases/2") == 1, "the first flush is immediate"
+    assert registry.flush(as_current_event, force=True) == 1, (
+        "the rest wait for the interval; forced here"
+    )
+    assert registry.leases["leases/2"] == {KEY: T0 + 5000}
+    assert registry.state[partition_key(2)]["rate"]["current"] == 50
+    assert registry.state[partition_key(2)]["lease_delta"] == 1
+    assert len(writes) <= 6, f"50 renewals cost a handful of table writes, not 50: {writes}"
+
+    rebuilt = Registry(runtime, registry.instances, registry.state, registry.leases)
+    assert rebuilt.view.get(KEY)["instance"]["lease_info"]["last_renewal_timestamp_ms"] == T0 + 5000
+
+
+async def test_a_write_waits_for_its_event_in_the_view(runtime: Runtime) -> None:
+    registry: Registry = runtime.context["registry"]
+    waiting = asyncio.create_task(registry.wait_for(KEY, T0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    registry.view.put(KEY, {"instance": instance(), "event_ms": T0, "partition": 0})
+    registry._wake(KEY)
+    assert await waiting is True
+    assert registry._waiters == {}
+    late = await registry.wait_for("ORDERS/never", T0)
+    assert late is False
