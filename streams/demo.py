@@ -115,3 +115,52 @@ def run_demo(settings: Settings, console: Console, *, points: int, log_lines: in
         soft_wrap=True,
         highlight=False,
     )
+    run_tracing_demo(settings, console)
+
+
+# --- tracing (issue 4): two sample services calling each other through the SDK -------------
+
+
+def run_tracing_demo(settings: Settings, console: Console, seconds: float = 600.0) -> None:
+    """Start the shop and stock sample services (a child process, `seconds` long) and wait
+    until the worker serves their first closed minute as a CAT Transaction report."""
+    import os
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    services = subprocess.Popen(
+        [sys.executable, "-m", "streams.tracing.sample_services", "--seconds", str(seconds)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **settings.environment()},
+        start_new_session=True,
+    )
+    console.print(
+        f"sample services shop -> stock emitting traces (pid {services.pid}, {seconds:.0f} s)"
+    )
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    deadline = time.monotonic() + 150
+    answer: dict | None = None
+    with console.status("waiting for the first closed minute of the sample services"):
+        while time.monotonic() < deadline and services.poll() is None:
+            hour = datetime.now(UTC).strftime("%Y%m%d%H")
+            answer = _get_json(f"{base}/tracing/transaction?domain=shop&date={hour}")
+            if answer and answer.get("rows"):
+                break
+            time.sleep(2)
+    hour = datetime.now(UTC).strftime("%Y%m%d%H")
+    if not answer or not answer.get("rows"):
+        console.print("no closed tracing minute yet; the report pages fill within about a minute")
+    else:
+        console.print_json(data=answer["rows"][:3])
+    console.print(
+        "\ncall-chain reports (CAT):\n"
+        f"  transactions  {base}/tracing/transaction?domain=shop&date={hour}&type=URL\n"
+        f"  as CAT XML    {base}/tracing/transaction?domain=stock&date={hour}&format=xml\n"
+        f"  problems      {base}/tracing/problem?domain=stock&date={hour}\n"
+        f"  events        {base}/tracing/event?domain=shop&date={hour}\n"
+        f"  logview       {base}/tracing/logview?message_id=<fail_message_id of a row>",
+        soft_wrap=True,
+        highlight=False,
+    )

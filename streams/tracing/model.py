@@ -9,12 +9,16 @@ Hourly and daily reports are merges of minute rows, never recomputations.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 from streams.errors import RecordRejected
 from streams.tracing.sketch import SKETCH_FORMAT, LatencySketch
@@ -560,7 +564,8 @@ class PartitionReports:
             if watermark is not None and self.is_closed(key[1]):
                 minute = self.open.pop(key)
                 minute.revision = 0
-                rows.extend(minute.rows(watermark, self.options))
+                # The watermark that makes it due, not the one seen: replay gives the same rows.
+                rows.extend(minute.rows(key[1] + MINUTE_MS, self.options))
                 self.closed[key] = minute
         for key in sorted(self.amended):
             minute = self.closed[key]
@@ -696,3 +701,271 @@ def standard_deviation(count: int, total: float, sum_squares: float) -> float:
     mean = total / count
     variance = sum_squares / count - mean * mean
     return math.sqrt(variance) if variance > 0 else 0.0
+
+
+# --- configuration, restore, logview ----------------------------------------------------------
+
+THRESHOLD_FIELDS = ("long_url", "long_sql", "long_service", "long_call", "long_cache")
+
+
+class ThresholdsError(ValueError):
+    """The per-domain problem thresholds setting cannot be used; the message names the part."""
+
+
+def parse_domain_thresholds(text: str) -> dict[str, ProblemThresholds]:
+    """`tracing_problem_thresholds` (JSON, per domain, ms lists) as ProblemThresholds."""
+    if not text.strip():
+        return {}
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ThresholdsError(f"tracing_problem_thresholds is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ThresholdsError("tracing_problem_thresholds must be an object keyed by domain")
+    parsed: dict[str, ProblemThresholds] = {}
+    for domain, overrides in document.items():
+        if not isinstance(overrides, dict):
+            raise ThresholdsError(f"tracing_problem_thresholds.{domain} must be an object")
+        values: dict[str, tuple[int, ...]] = {}
+        for name, bounds in overrides.items():
+            if name not in THRESHOLD_FIELDS:
+                raise ThresholdsError(
+                    f"tracing_problem_thresholds.{domain}.{name}: not one of "
+                    f"{', '.join(THRESHOLD_FIELDS)}"
+                )
+            if (
+                not isinstance(bounds, list)
+                or not bounds
+                or not all(isinstance(b, int) and b > 0 for b in bounds)
+                or bounds != sorted(set(bounds))
+            ):
+                raise ThresholdsError(
+                    f"tracing_problem_thresholds.{domain}.{name} must be increasing positive "
+                    "milliseconds, e.g. [100, 500, 1000]"
+                )
+            values[name] = tuple(bounds)
+        parsed[domain] = ProblemThresholds(**values)
+    return parsed
+
+
+def minute_from_rows(
+    domain: str,
+    minute_ms: int,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    last_offset: int,
+    revision: int,
+    late_count: int,
+) -> MinuteReport:
+    """A closed minute rebuilt from its stored per-host rows (All and per-type totals are derived
+    again when it is re-emitted), so late trees amend it and replayed ones are recognised."""
+    minute = MinuteReport(domain, minute_ms, last_offset=last_offset, revision=revision)
+    minute.late_count = late_count
+    tables: dict[str, dict[RowKey, Any]] = {
+        "transaction": minute.transactions,
+        "event": minute.events,
+        "problem": minute.problems,
+    }
+    for row in rows:
+        if row["host"] == ALL_HOSTS or row["name"] == "":
+            continue
+        tables[row["report"]][(row["host"], row["type"], row["name"])] = _stats_from_row(row)
+    return minute
+
+
+def empty_closed_minute(domain: str, minute_ms: int) -> MinuteReport:
+    """A closed minute nothing was stored for: a late tree amends it into revision 0."""
+    return MinuteReport(domain, minute_ms, last_offset=-1, revision=-1)
+
+
+def chain_root_id(tree: Mapping[str, Any]) -> str:
+    """The first message id of the call chain this tree belongs to."""
+    return tree.get("root_message_id") or tree["message_id"]
+
+
+def tree_has_problem(tree: Mapping[str, Any], thresholds: ProblemThresholds) -> bool:
+    """Whether any message of the tree failed or reached a long-execution threshold."""
+    for message in iter_messages(tree["root"]):
+        if message.get("status", SUCCESS) != SUCCESS and message["kind"] in (
+            "TRANSACTION",
+            "EVENT",
+        ):
+            return True
+        if message["kind"] == "TRANSACTION":
+            long = thresholds.for_type(message["type"])
+            if long is not None and threshold_bucket(message["duration_us"], long[1]):
+                return True
+    return False
+
+
+def chain_sampled(root_id: str, rate: float) -> bool:
+    """A deterministic coin per call chain: every tree of a chain (and every replay) agrees."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    digest = hashlib.blake2b(root_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
+
+
+def logview_keeps(tree: Mapping[str, Any], thresholds: ProblemThresholds, rate: float) -> bool:
+    """Logview keeps every failed or problem tree, and whole sampled chains of the rest."""
+    return tree_has_problem(tree, thresholds) or chain_sampled(chain_root_id(tree), rate)
+
+
+def logview_document(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """The Elasticsearch document of a kept tree: searchable header fields plus the tree."""
+    root = tree["root"]
+    return {
+        "message_id": tree["message_id"],
+        "root_message_id": chain_root_id(tree),
+        "parent_message_id": tree.get("parent_message_id"),
+        "domain": tree["domain"],
+        "ip": tree["ip"],
+        "hostname": tree.get("hostname", ""),
+        "@timestamp": root["timestamp_us"] // 1000,
+        "timestamp_us": root["timestamp_us"],
+        "type": root.get("type", ""),
+        "name": root.get("name", ""),
+        "status": root.get("status", SUCCESS),
+        "tree": dict(tree),
+    }
+
+
+def remote_call_children(message: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], str]]:
+    """(RemoteCall event, callee message id) pairs of a tree: where the chain continues."""
+    for child in iter_messages(message):
+        if child["kind"] == "EVENT" and child.get("type") == "RemoteCall" and child.get("data"):
+            yield child, str(child["data"])
+
+
+def assemble_chain(trees: Iterable[Mapping[str, Any]], message_id: str) -> dict[str, Any] | None:
+    """The whole call chain of `message_id` as a tree: each tree's `callees` are the trees whose
+    parent it is, ordered by start time; None when the chain's root tree is not among them."""
+    by_id = {tree["message_id"]: tree for tree in trees}
+    if message_id not in by_id:
+        return None
+    root_id = chain_root_id(by_id[message_id])
+    children: dict[str, list[Mapping[str, Any]]] = {}
+    for tree in by_id.values():
+        parent = tree.get("parent_message_id")
+        if parent and parent in by_id and parent != tree["message_id"]:
+            children.setdefault(parent, []).append(tree)
+    top = by_id.get(root_id) or by_id[message_id]
+    while top.get("parent_message_id") in by_id and top["message_id"] != root_id:
+        top = by_id[top["parent_message_id"]]
+
+    def build(tree: Mapping[str, Any], seen: frozenset[str]) -> dict[str, Any]:
+        callees = sorted(
+            children.get(tree["message_id"], []), key=lambda t: t["root"]["timestamp_us"]
+        )
+        return {
+            **tree,
+            "callees": [build(c, seen | {c["message_id"]}) for c in callees
+                        if c["message_id"] not in seen],
+        }  # fmt: skip
+
+    chain = build(top, frozenset({top["message_id"]}))
+    return {"root_message_id": root_id, "requested": message_id, "chain": chain,
+            "trees": len(by_id)}  # fmt: skip
+
+
+# --- reading reports --------------------------------------------------------------------------
+
+SORT_KEYS = ("name", "count", "fail_count", "fail_percent", "min_ms", "max_ms", "avg_ms",
+             "std_ms", "tps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms")  # fmt: skip
+
+
+class ReportQueryError(ValueError):
+    """A report query parameter is unusable; `parameter` names it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def parse_report_time(text: str) -> tuple[str, int]:
+    """CAT's `date` parameter in UTC: YYYYMMDD (day), YYYYMMDDHH (hour, CAT's own form) or
+    YYYYMMDDHHmm (minute), as (period, start in ms)."""
+    formats = {8: ("day", "%Y%m%d"), 10: ("hour", "%Y%m%d%H"), 12: ("minute", "%Y%m%d%H%M")}
+    if not text.isdigit() or len(text) not in formats:
+        raise ReportQueryError(
+            "date", "expected YYYYMMDD (day), YYYYMMDDHH (hour) or YYYYMMDDHHmm (minute), UTC"
+        )
+    period, pattern = formats[len(text)]
+    try:
+        moment = dt.datetime.strptime(text, pattern).replace(tzinfo=dt.UTC)
+    except ValueError as error:
+        raise ReportQueryError("date", f"{text!r} is not a date: {error}") from None
+    return period, int(moment.timestamp() * 1000)
+
+
+def sort_described(rows: list[dict[str, Any]], key: str, descending: bool) -> list[dict[str, Any]]:
+    """Rows sorted by a column CAT's report can sort by; missing values sort last."""
+    if key not in SORT_KEYS:
+        raise ReportQueryError("sort", f"must be one of {', '.join(SORT_KEYS)}")
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    present.sort(key=lambda r: (r[key], r["name"]), reverse=descending)
+    return present + missing
+
+
+def transaction_report_xml(
+    domain: str, period: str, start_ms: int, host: str, rows: list[dict[str, Any]]
+) -> str:
+    """CAT's transaction report XML shape: machine > type > name, with CAT's attribute names."""
+    end_ms = start_ms + PERIOD_MS[period] - 1
+
+    def attributes(row: Mapping[str, Any], key: str) -> str:
+        values = {
+            "id": key,
+            "totalCount": row["count"],
+            "failCount": row["fail_count"],
+            "failPercent": f"{row['fail_percent']:.2f}",
+            "min": f"{row['min_ms']:.2f}",
+            "max": f"{row['max_ms']:.2f}",
+            "avg": f"{row['avg_ms']:.2f}",
+            "sum": f"{row['sum_ms']:.1f}",
+            "std": f"{row['std_ms']:.2f}",
+            "tps": f"{row['tps']:.2f}",
+            "line50Value": _xml_number(row.get("p50_ms")),
+            "line90Value": _xml_number(row.get("p90_ms")),
+            "line95Value": _xml_number(row.get("p95_ms")),
+            "line99Value": _xml_number(row.get("p99_ms")),
+            "line999Value": _xml_number(row.get("p999_ms")),
+            "successMessageUrl": row.get("success_message_id") or "",
+            "failMessageUrl": row.get("fail_message_id") or "",
+            "longestMessageUrl": row.get("longest_message_id") or "",
+        }
+        return " ".join(f"{name}={quoteattr(str(value))}" for name, value in values.items())
+
+    def stamp(ms: int) -> str:
+        moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+    lines = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f"<transaction-report domain={quoteattr(domain)} startTime={quoteattr(stamp(start_ms))} "
+        f"endTime={quoteattr(stamp(end_ms))}>",
+        f"   <machine ip={quoteattr(host)}>",
+    ]
+    types: dict[str, list[dict[str, Any]]] = {}
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["name"] == "":
+            totals[row["type"]] = row
+        else:
+            types.setdefault(row["type"], []).append(row)
+    for type_ in sorted(set(types) | set(totals)):
+        total = totals.get(type_)
+        head = attributes(total, type_) if total else f"id={quoteattr(type_)}"
+        lines.append(f"      <type {head}>")
+        for row in types.get(type_, []):
+            lines.append(f"         <name {attributes(row, row['name'])}/>")
+        lines.append("      </type>")
+    lines += ["   </machine>", "</transaction-report>", ""]
+    return "\n".join(lines)
+
+
+def _xml_number(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"

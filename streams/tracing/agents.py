@@ -1,0 +1,400 @@
+"""Tracing agents: CAT reports from message trees, and the logview sink.
+
+`tracing.build_reports` is a batch agent on `trace.messages` (keyed by domain, so one partition
+holds all of a domain's trees and is its reports' only writer). Per partition it keeps a
+`PartitionReports` (open minutes, event-time watermark); minutes the watermark closes are written
+to Cassandra (minute rows, hour rows merged from the stored minutes, then the minute index with
+the highest source offset counted) and produced to `trace.reports`. It then returns, per
+partition, the first offset of its oldest open minute: the agent commits no further, so a
+restart replays exactly what was only in memory (docs/tracing.md, "Crash safety").
+
+`sinks.trace_logview_to_elasticsearch` is a second batch agent (its own consumer group, so an
+Elasticsearch outage never holds reports back) indexing failed or problem trees and a sample of
+whole call chains, with the message id as document id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from connectors.cassandra import CassandraSink
+from connectors.elasticsearch import Document, ElasticsearchSink
+from connectors.retry import stable_id
+from streams.bus.batching import BatchItem
+from streams.errors import RecordRejected
+from streams.tracing import api
+from streams.tracing.events import MESSAGES_TOPIC, REPORT_SCHEMA, REPORTS_TOPIC, TREE_SCHEMA
+from streams.tracing.model import (
+    HOUR_MS,
+    MinuteReport,
+    Outcome,
+    PartitionReports,
+    ReportOptions,
+    empty_closed_minute,
+    logview_document,
+    logview_keeps,
+    merge_rows,
+    minute_from_rows,
+    parse_domain_thresholds,
+    tree_minute_ms,
+    validate_tree,
+)
+from streams.tracing.tables import (
+    HOUR_ROWS,
+    MINUTE_ROWS,
+    MINUTES,
+    TABLES,
+    bucket_of,
+    report_row,
+    stored_row,
+)
+
+if TYPE_CHECKING:
+    from streams.app import Runtime
+    from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+BUILD_REPORTS = "tracing.build_reports"
+LOGVIEW_TO_ELASTICSEARCH = "sinks.trace_logview_to_elasticsearch"
+REPORTS = ("transaction", "event", "problem")
+LOGVIEW_MAPPINGS = {
+    "dynamic": False,
+    "properties": {
+        "message_id": {"type": "keyword"},
+        "root_message_id": {"type": "keyword"},
+        "parent_message_id": {"type": "keyword"},
+        "domain": {"type": "keyword"},
+        "ip": {"type": "keyword"},
+        "hostname": {"type": "keyword"},
+        "@timestamp": {"type": "date", "format": "epoch_millis"},
+        "timestamp_us": {"type": "long"},
+        "type": {"type": "keyword"},
+        "name": {"type": "keyword"},
+        "status": {"type": "keyword"},
+        "tree": {"type": "object", "enabled": False},
+    },
+}
+
+
+def report_options(settings: Settings) -> ReportOptions:
+    return ReportOptions(
+        domain_thresholds=parse_domain_thresholds(settings.tracing_problem_thresholds),
+        max_problem_samples=settings.tracing_problem_samples,
+    )
+
+
+def logview_index_pattern(settings: Settings) -> str:
+    return f"{settings.elasticsearch_index_prefix}-trace-logview-*"
+
+
+def logview_index(settings: Settings, timestamp_us: int) -> str:
+    day = dt.datetime.fromtimestamp(timestamp_us / 1e6, dt.UTC).strftime("%Y.%m.%d")
+    return f"{settings.elasticsearch_index_prefix}-trace-logview-{day}"
+
+
+class ReportStore:
+    """The report tables in Cassandra: writes for the agent, reads for the API and restores."""
+
+    def __init__(self, sink: CassandraSink) -> None:
+        self.sink = sink
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        async with self._lock:
+            if self._ready:
+                return
+            await self.sink.open()
+            for table in TABLES:
+                await self.sink.ensure_table(table)
+            self._ready = True
+
+    def _cql(self, table: str, where: str) -> str:
+        return f"SELECT * FROM {self.sink.keyspace}.{table} WHERE {where}"
+
+    async def minute_entry(self, domain: str, minute_ms: int) -> dict[str, Any] | None:
+        found = await self.sink.select(
+            self._cql(MINUTES.name, "domain = %s AND period_start_ms = %s"), (domain, minute_ms)
+        )
+        return found[0] if found else None
+
+    async def rows(
+        self,
+        period: str,
+        domain: str,
+        report: str,
+        start_ms: int | None = None,
+        *,
+        bucket_ms: int | None = None,
+        host: str | None = None,
+        type_: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored rows of one report: one period start (optionally one host, type), or a whole
+        bucket (the hour of minute rows, the day of hour rows)."""
+        table = MINUTE_ROWS if period == "minute" else HOUR_ROWS
+        bucket = bucket_ms if bucket_ms is not None else bucket_of(period, start_ms or 0)
+        where = "domain = %s AND report = %s AND bucket_ms = %s"
+        values: list[Any] = [domain, report, bucket]
+        if start_ms is not None:
+            where += " AND period_start_ms = %s"
+            values.append(start_ms)
+            if host is not None:
+                where += " AND host = %s"
+                values.append(host)
+                if type_ is not None:
+                    where += " AND type = %s"
+                    values.append(type_)
+        found = await self.sink.select(self._cql(table.name, where), values)
+        return [report_row(row, period) for row in found]
+
+    async def minute_rows(self, domain: str, minute_ms: int) -> list[dict[str, Any]]:
+        answers = await asyncio.gather(
+            *(self.rows("minute", domain, report, minute_ms) for report in REPORTS)
+        )
+        return [row for rows in answers for row in rows]
+
+
+@dataclass
+class TracingStats:
+    """Counters of this worker's report agent, shown at /tracing/status."""
+
+    trees: int = 0
+    late: int = 0
+    duplicates: int = 0
+    restored_minutes: int = 0
+    rows_written: int = 0
+    logview_documents: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class ReportBuilder:
+    """The report agent's state: one PartitionReports per source partition it owns."""
+
+    def __init__(self, runtime: Runtime, store: ReportStore) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.store = store
+        self.options = report_options(settings)
+        self.grace_ms = int(settings.tracing_grace_s * 1000)
+        self.keep_closed_ms = int(settings.tracing_keep_closed_s * 1000)
+        self.partitions: dict[int, PartitionReports] = {}
+        self.stats = TracingStats()
+
+    def state(self, partition: int) -> PartitionReports:
+        state = self.partitions.get(partition)
+        if state is None:
+            state = self.partitions[partition] = PartitionReports(
+                grace_ms=self.grace_ms, keep_closed_ms=self.keep_closed_ms, options=self.options
+            )
+        return state
+
+    async def forget(self, partitions: list[int]) -> None:
+        """Revoked partitions: their new owner replays from the committed offset."""
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+
+    async def handle(self, batch: list[BatchItem]) -> dict[int, int]:
+        await self.store.open()
+        by_partition: dict[int, list[BatchItem]] = defaultdict(list)
+        for item in batch:
+            by_partition[item.partition].append(item)
+        safe: dict[int, int] = {}
+        for partition, items in by_partition.items():
+            state = self.state(partition)
+            await self._restore_unknown(state, items)
+            for item in items:
+                outcome = state.apply(item.record, item.offset)
+                if outcome is Outcome.TOO_LATE:
+                    await self._restore(state, item.record["domain"], tree_minute_ms(item.record))
+                    outcome = state.apply(item.record, item.offset)
+                self._count(outcome)
+            rows = state.close_due()
+            if rows:
+                await self._publish(partition, state, rows)
+            safe[partition] = state.safe_commit_offset()
+        return safe
+
+    def _count(self, outcome: Outcome) -> None:
+        self.stats.trees += 1
+        if outcome is Outcome.LATE:
+            self.stats.late += 1
+        elif outcome is Outcome.DUPLICATE:
+            self.stats.duplicates += 1
+
+    async def _restore_unknown(self, state: PartitionReports, items: list[BatchItem]) -> None:
+        """Load from Cassandra the closed minutes this batch touches that are not in memory."""
+        unknown = {
+            (item.record["domain"], tree_minute_ms(item.record))
+            for item in items
+            if (key := (item.record["domain"], tree_minute_ms(item.record))) not in state.open
+            and key not in state.closed
+        }
+        await asyncio.gather(*(self._restore(state, d, m, only_stored=True) for d, m in unknown))
+
+    async def _restore(
+        self, state: PartitionReports, domain: str, minute_ms: int, *, only_stored: bool = False
+    ) -> None:
+        entry = await self.store.minute_entry(domain, minute_ms)
+        if entry is None:
+            if not only_stored:
+                state.restore_closed(empty_closed_minute(domain, minute_ms))
+            return
+        rows = await self.store.minute_rows(domain, minute_ms)
+        state.restore_closed(
+            minute_from_rows(
+                domain,
+                minute_ms,
+                rows,
+                last_offset=entry["last_offset"],
+                revision=entry["revision"],
+                late_count=entry["late_count"],
+            )
+        )
+        self.stats.restored_minutes += 1
+
+    async def _publish(
+        self, partition: int, state: PartitionReports, rows: list[dict[str, Any]]
+    ) -> None:
+        """Minute rows, then hour rows merged from every stored minute of their hours, then the
+        records on `trace.reports`, and last the minute index that marks them durable."""
+        minutes: dict[tuple[str, int], MinuteReport] = {}
+        for row in rows:
+            key = (row["domain"], row["period_start_ms"])
+            minutes[key] = state.closed[key]
+        sink = self.store.sink
+        await sink.upsert(
+            MINUTE_ROWS.name,
+            [
+                stored_row(row, minutes[(row["domain"], row["period_start_ms"])].last_offset)
+                for row in rows
+            ],
+        )
+        hours = sorted({(domain, minute - minute % HOUR_MS) for domain, minute in minutes})
+        hour_rows: list[dict[str, Any]] = []
+        for domain, hour in hours:
+            stored = await asyncio.gather(
+                *(self.store.rows("minute", domain, r, bucket_ms=hour) for r in REPORTS)
+            )
+            merged = merge_rows(
+                [row for part in stored for row in part], "hour", self.options.max_problem_samples
+            )
+            hour_rows.extend(merged)
+        if hour_rows:
+            await sink.upsert(HOUR_ROWS.name, [stored_row(row, -1) for row in hour_rows])
+        await asyncio.gather(
+            *(
+                self.runtime.send(REPORTS_TOPIC, row["domain"], REPORT_SCHEMA, row)
+                for row in [*rows, *hour_rows]
+            )
+        )
+        await sink.upsert(
+            MINUTES.name,
+            [
+                {
+                    "domain": domain,
+                    "period_start_ms": minute_ms,
+                    "source_partition": partition,
+                    "last_offset": minute.last_offset,
+                    "revision": max(minute.revision, 0),
+                    "late_count": minute.late_count,
+                }
+                for (domain, minute_ms), minute in minutes.items()
+            ],
+        )
+        self.stats.rows_written += len(rows) + len(hour_rows)
+
+
+class LogviewWriter:
+    """Indexes the trees logview keeps; documents Elasticsearch refuses go to dead letters."""
+
+    def __init__(self, runtime: Runtime, stats: TracingStats) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.options = report_options(runtime.settings)
+        self.stats = stats
+        self._sink: ElasticsearchSink | None = None
+
+    async def sink(self) -> ElasticsearchSink:
+        if self._sink is None:
+            sink = ElasticsearchSink(self.settings.elasticsearch)
+            await sink.ensure_template(
+                f"{self.settings.elasticsearch_index_prefix}-trace-logview",
+                [logview_index_pattern(self.settings)],
+                LOGVIEW_MAPPINGS,
+                {"number_of_replicas": 0},
+            )
+            self._sink = sink
+        return self._sink
+
+    async def write(self, batch: list[BatchItem]) -> None:
+        rate = self.settings.tracing_logview_sample_rate
+        documents: dict[str, tuple[Document, BatchItem]] = {}
+        for item in batch:
+            tree = item.record
+            try:
+                validate_tree(tree)
+            except RecordRejected:
+                continue  # tracing.build_reports dead-letters it; once is enough
+            if not logview_keeps(tree, self.options.thresholds_for(tree["domain"]), rate):
+                continue
+            document = Document(
+                index=logview_index(self.settings, tree["root"]["timestamp_us"]),
+                id=stable_id(tree["message_id"]),
+                source=logview_document(tree),
+            )
+            documents[document.id] = (document, item)
+        if not documents:
+            return
+        sink = await self.sink()
+        result = await sink.write([document for document, _ in documents.values()])
+        self.stats.logview_documents += result.written
+        for rejected in result.rejected:
+            _, item = documents[rejected.document.id]
+            await self.runtime.dead_letter(item.origin, LOGVIEW_TO_ELASTICSEARCH, "sink",
+                                           rejected.reason)  # fmt: skip
+
+    async def close(self) -> None:
+        if self._sink is not None:
+            await self._sink.close()
+
+
+def register(runtime: Runtime) -> None:
+    settings = runtime.settings
+    report_options(settings)  # refuse unusable thresholds at start, not on the first tree
+    sink = CassandraSink(
+        settings.cassandra_contact_points,
+        settings.cassandra_keyspace,
+        datacenter=settings.cassandra_datacenter,
+    )
+    store = ReportStore(sink)
+    builder = ReportBuilder(runtime, store)
+    logview = LogviewWriter(runtime, builder.stats)
+    runtime.context["tracing.stats"] = builder.stats
+
+    @runtime.batch_agent(
+        BUILD_REPORTS,
+        MESSAGES_TOPIC,
+        TREE_SCHEMA,
+        validate=validate_tree,
+        on_revoked=builder.forget,
+    )
+    async def build_reports(batch: list[BatchItem]) -> dict[int, int]:
+        return await builder.handle(batch)
+
+    @runtime.batch_agent(LOGVIEW_TO_ELASTICSEARCH, MESSAGES_TOPIC, TREE_SCHEMA)
+    async def logview_to_elasticsearch(batch: list[BatchItem]) -> None:
+        await logview.write(batch)
+
+    @runtime.app.on_before_shutdown.connect
+    async def close_sinks(app: object, **kwargs: object) -> None:
+        await logview.close()
+        sink.close()
+
+    api.register(runtime, store, builder)

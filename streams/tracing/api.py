@@ -1,0 +1,253 @@
+"""HTTP views of the CAT reports: Transaction, Event and Problem reports, logview, status.
+
+Reports are read from Cassandra (closed minutes, hours merged from minutes, days merged from
+hours), so every worker answers every query. Parameters follow CAT's report pages: `domain`,
+`date` (YYYYMMDD, YYYYMMDDHH or YYYYMMDDHHmm, UTC), `ip` (a host, or All), `type`. Without
+`type` the answer lists the per-type totals; with it, that type's name rows, sortable. Answers
+are JSON; the transaction report also speaks CAT's XML with `format=xml`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faust.web import View
+
+from connectors.elasticsearch import ElasticsearchSink
+from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
+from streams.tracing.model import (
+    ALL_HOSTS,
+    PERIOD_MS,
+    ReportQueryError,
+    assemble_chain,
+    describe_row,
+    merge_rows,
+    parse_report_time,
+    sort_described,
+    transaction_report_xml,
+)
+
+if TYPE_CHECKING:
+    from streams.app import Runtime
+    from streams.tracing.agents import ReportBuilder, ReportStore
+
+TAG = "tracing"
+MAX_CHAIN_TREES = 1000
+
+
+def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> None:
+    from streams.tracing.agents import logview_index_pattern
+
+    app = runtime.app
+    settings = runtime.settings
+    logview_sink: list[ElasticsearchSink] = []
+
+    async def report(report_kind: str, query: Any) -> dict[str, Any]:
+        domain = query.get("domain", "").strip()
+        if not domain:
+            raise ReportQueryError("domain", "missing query parameter")
+        date = query.get("date", "").strip()
+        if not date:
+            raise ReportQueryError("date", "missing query parameter")
+        period, start_ms = parse_report_time(date)
+        host = query.get("ip", ALL_HOSTS).strip() or ALL_HOSTS
+        type_ = query.get("type", "").strip() or None
+        sort = query.get("sort", "name" if type_ else "count")
+        order = query.get("order", "asc" if sort == "name" else "desc")
+        if order not in ("asc", "desc"):
+            raise ReportQueryError("order", "must be asc or desc")
+        await store.open()
+        if period == "day":
+            hours = await store.rows("hour", domain, report_kind, bucket_ms=start_ms)
+            rows = [
+                row
+                for row in merge_rows(hours, "day", settings.tracing_problem_samples)
+                if row["host"] == host and (type_ is None or row["type"] == type_)
+            ]
+        else:
+            rows = await store.rows(period, domain, report_kind, start_ms, host=host, type_=type_)
+        described = [describe_row(row) for row in rows]
+        if type_ is None:
+            total, names = None, [row for row in described if row["name"] == ""]
+        else:
+            total = next((row for row in described if row["name"] == ""), None)
+            names = [row for row in described if row["name"] != ""]
+        return {
+            "report": report_kind,
+            "domain": domain,
+            "period": period,
+            "start_ms": start_ms,
+            "end_ms": start_ms + PERIOD_MS[period] - 1,
+            "ip": host,
+            "type": type_,
+            "total": total,
+            "rows": sort_described(names, sort, order == "desc"),
+        }
+
+    class ReportView(View):
+        report_kind = "transaction"
+
+        async def get(self, request: Any) -> Any:
+            query = request.query
+            output = query.get("format", "json")
+            if output not in ("json", "xml") or (
+                output == "xml" and self.report_kind != "transaction"
+            ):
+                allowed = "json or xml" if self.report_kind == "transaction" else "json"
+                return self.json(error_body("format", f"must be {allowed}"), status=400)
+            try:
+                answer = await report(self.report_kind, query)
+            except ReportQueryError as error:
+                return self.json(error_body(error.parameter, str(error)), status=400)
+            if output == "xml":
+                rows = [*([answer["total"]] if answer["total"] else []), *answer["rows"]]
+                text = transaction_report_xml(
+                    answer["domain"], answer["period"], answer["start_ms"], answer["ip"], rows
+                )
+                return self.bytes(text.encode(), content_type="application/xml")
+            return self.json(answer)
+
+    class TransactionReport(ReportView):
+        """CAT's Transaction report: counts, failures, latency lines per type and name."""
+
+        report_kind = "transaction"
+
+    class EventReport(ReportView):
+        """CAT's Event report: counts and failures per type and name."""
+
+        report_kind = "event"
+
+    class ProblemReport(ReportView):
+        """CAT's Problem report: errors and long executions with sample message ids."""
+
+        report_kind = "problem"
+
+    app.page("/tracing/transaction")(TransactionReport)
+    app.page("/tracing/event")(EventReport)
+    app.page("/tracing/problem")(ProblemReport)
+
+    async def es() -> ElasticsearchSink:
+        if not logview_sink:
+            logview_sink.append(ElasticsearchSink(settings.elasticsearch))
+        return logview_sink[0]
+
+    @app.page("/tracing/logview")
+    class Logview(View):
+        """The whole cross-service call chain of a message id, as a tree of message trees."""
+
+        async def get(self, request: Any) -> Any:
+            message_id = request.query.get("message_id", "").strip()
+            if not message_id or any(c.isspace() for c in message_id):
+                return self.json(
+                    error_body("message_id", "missing or contains white space"), status=400
+                )
+            sink = await es()
+            pattern = logview_index_pattern(settings)
+            found = await sink.search(pattern, {"term": {"message_id": message_id}}, size=1)
+            if not found:
+                return self.json(
+                    error_body("message_id", f"no logview tree {message_id} (failed and "
+                               "problem trees are kept, others sampled)"),
+                    status=404,
+                )  # fmt: skip
+            root_id = found[0]["root_message_id"]
+            chain = await sink.search(
+                pattern, {"term": {"root_message_id": root_id}}, size=MAX_CHAIN_TREES
+            )
+            trees = [hit["tree"] for hit in chain]
+            if not any(t["message_id"] == message_id for t in trees):
+                trees.append(found[0]["tree"])
+            return self.json(assemble_chain(trees, message_id))
+
+    @app.page("/tracing/status")
+    class Status(View):
+        """This worker's report agent: trees, late and duplicate trees, open minutes."""
+
+        async def get(self, request: Any) -> Any:
+            partitions = {
+                str(partition): {
+                    "watermark_ms": state.watermark_ms,
+                    "open_minutes": len(state.open),
+                    "closed_minutes_in_memory": len(state.closed),
+                    "safe_commit_offset": state.safe_commit_offset(),
+                }
+                for partition, state in sorted(builder.partitions.items())
+            }
+            return self.json({**builder.stats.snapshot(), "partitions": partitions})
+
+    @app.on_before_shutdown.connect
+    async def close_es(app: object, **kwargs: object) -> None:
+        for sink in logview_sink:
+            await sink.close()
+
+    _document(runtime)
+
+
+def _document(runtime: Runtime) -> None:
+    openapi = runtime.openapi
+    openapi.describe_tag(TAG, "CAT call-chain reports (Transaction, Event, Problem) and logview")
+    common = [
+        query_parameter("domain", "the application (CAT domain)", required=True),
+        query_parameter(
+            "date",
+            "UTC period: YYYYMMDD (day), YYYYMMDDHH (hour) or YYYYMMDDHHmm (minute)",
+            required=True,
+        ),
+        query_parameter("ip", "a machine's IP, or All (default) for every machine"),
+        query_parameter("type", "a type: its name rows; absent: the per-type totals"),
+        query_parameter(
+            "sort",
+            "column to sort rows by (name, count, fail_count, fail_percent, min_ms, max_ms, "
+            "avg_ms, std_ms, tps, p50_ms, p90_ms, p95_ms, p99_ms, p999_ms)",
+        ),
+        query_parameter("order", "asc or desc", schema={"type": "string", "enum": ["asc", "desc"]}),
+    ]
+    row_answer = "`{report, domain, period, start_ms, end_ms, ip, type, total, rows: [...]}`"
+    for kind, summary in (
+        ("transaction", "Transaction report: count, failures, min/max/avg/std, TPS, p50-p99.9"),
+        ("event", "Event report: count and failures per type and name"),
+        ("problem", "Problem report: errors and long-url/sql/service/call/cache, sample ids"),
+    ):
+        parameters = list(common)
+        responses: dict[str, Any] = {"200": json_response(row_answer), "400": BAD_REQUEST}
+        if kind == "transaction":
+            parameters.append(
+                query_parameter(
+                    "format",
+                    "json (default) or xml (CAT's transaction-report shape)",
+                    schema={"type": "string", "enum": ["json", "xml"]},
+                )
+            )
+            responses["200"]["content"]["application/xml"] = {"schema": {"type": "string"}}
+        openapi.add(
+            f"/tracing/{kind}",
+            {"get": {"summary": summary, "parameters": parameters, "responses": responses}},
+            TAG,
+        )
+    openapi.add(
+        "/tracing/logview",
+        {
+            "get": {
+                "summary": "the whole cross-service call chain of a message id, as a tree",
+                "parameters": [query_parameter("message_id", "a CAT message id", required=True)],
+                "responses": {
+                    "200": json_response(
+                        "`{root_message_id, requested, trees, chain: {...tree, callees: [...]}}`"
+                    ),
+                    "400": BAD_REQUEST,
+                    "404": json_response("no such tree kept for logview"),
+                },
+            }
+        },
+        TAG,
+    )
+    openapi.add(
+        "/tracing/status",
+        {
+            "get": {
+                "summary": "this worker's report agent: counts, watermarks, open minutes",
+                "responses": {"200": json_response("counters and per-partition state")},
+            }
+        },
+        TAG,
+    )
