@@ -6,6 +6,7 @@ the topic prefix, partition counts and serializers come from one place.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
 import weakref
@@ -278,6 +279,24 @@ class Runtime:
 
     # --- consuming --------------------------------------------------------------------------
 
+    async def _wait_for_changelog_metadata(self, timeout_seconds: float = 30.0) -> None:
+        """Wait until the consumer's metadata knows every table's changelog partitions.
+
+        Right after a changelog topic is created the group's metadata snapshot can list it with
+        0 partitions; Faust's first table write then fails its partition check
+        (PartitionsMismatch) and crashes the agent. The snapshot corrects itself within
+        moments, so the first batch waits for it (bounded) instead.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        consumer = self.app.consumer
+        while time.monotonic() < deadline:
+            if all(
+                consumer.topic_partitions(table.changelog_topic_name) != 0
+                for table in self._tables.values()
+            ):
+                return
+            await asyncio.sleep(0.2)
+
     async def decoded_batches(
         self,
         stream: StreamT,
@@ -290,7 +309,11 @@ class Runtime:
         """Batches of decoded, validated records; the rest go to dead letters on the way."""
         liveness = self.agent_liveness(agent)
         decode = self.codec.decoder(schema)
+        tables_checked = False
         async for events in stream.take_events(max_records, within_seconds):
+            if not tables_checked:
+                await self._wait_for_changelog_metadata()
+                tables_checked = True
             batch: list[Decoded] = []
             rejected = 0
             for event in events:
