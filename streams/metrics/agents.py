@@ -72,6 +72,11 @@ def register(runtime: Runtime) -> None:
 
     latest = runtime.table(LATEST_TABLE)
     points = runtime.topic(POINTS_TOPIC)
+    latest_guard = LatestGuard(latest, runtime.settings.metrics_series_limit)
+
+    @runtime.app.on_partitions_revoked.connect
+    async def forget_latest_series(*args: object, **kwargs: object) -> None:
+        latest_guard.forget()
 
     @runtime.app.agent(points, name=TRACK_LATEST)
     async def track_latest(stream):  # type: ignore[no-untyped-def]
@@ -80,6 +85,8 @@ def register(runtime: Runtime) -> None:
         ):
             for item in batch:
                 point = item.record
+                if not latest_guard.admits(point):
+                    continue
                 key = series_key(point["name"], point["tags"])
                 if newest(latest.get(key), point):
                     as_current_event(item)
@@ -110,6 +117,42 @@ def register(runtime: Runtime) -> None:
         sink.close()
 
     api.register(runtime, latest, points, store)
+
+
+class LatestGuard:
+    """The cardinality guard of the latest-point table: the same rule, the same answers.
+
+    Points of a metric share a partition and both agents see them in offset order, so applying
+    `admit_series` here admits exactly the series the batch agent stores (and dead-letters; this
+    agent skips the rest). The admitted series of a metric are the table's keys for it, so the
+    memory is rebuilt from the table after a restart or rebalance.
+    """
+
+    def __init__(self, latest: Any, limit: int) -> None:
+        self.latest = latest
+        self.limit = limit
+        self.series: dict[str, MetricSeries] = {}
+        self.rejected = 0
+
+    def forget(self) -> None:
+        self.series.clear()
+
+    def admits(self, point: dict[str, Any]) -> bool:
+        metric = point["name"]
+        known = self.series.get(metric)
+        if known is None:
+            prefix = f"{metric}|"
+            known = MetricSeries(
+                metric,
+                [entry["tags"] for key, entry in self.latest.items() if key.startswith(prefix)],
+            )
+            self.series[metric] = known
+        try:
+            admit_series(known, point["tags"], self.limit)
+        except CardinalityExceeded:
+            self.rejected += 1
+            return False
+        return True
 
 
 class PointWriter:
