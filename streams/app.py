@@ -180,6 +180,7 @@ class Runtime:
         validate: Validator | None = None,
         on_revoked: RevokeHandler | None = None,
         max_records: int = 5000,
+        prefetch: bool = False,
     ) -> Callable[[BatchHandler], BatchHandler]:
         """Declare a batch agent (see streams.bus.batching): the decorated coroutine gets lists.
 
@@ -196,6 +197,7 @@ class Runtime:
                 validate=validate,
                 on_revoked=on_revoked,
                 max_records=max_records,
+                prefetch=prefetch,
             )
             self.batch_agents[name] = agent
             source = self.topic(topic)

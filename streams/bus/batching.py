@@ -103,6 +103,7 @@ class BatchAgent:
         on_revoked: RevokeHandler | None = None,
         max_records: int = 5000,
         poll_seconds: float = 0.2,
+        prefetch: bool = False,
     ) -> None:
         runtime.topology.agent(name)
         self.runtime = runtime
@@ -114,6 +115,7 @@ class BatchAgent:
         self.on_revoked = on_revoked
         self.max_records = max_records
         self.poll_seconds = poll_seconds
+        self.prefetch = prefetch
         self.group_id = f"{runtime.settings.app_id}-{name}"
         self._revoked: list[int] = []
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -143,24 +145,41 @@ class BatchAgent:
     async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
+    def _consume(self) -> asyncio.Future[list[Message]]:
+        """Start one batch `consume` in the consumer thread."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._thread,
+            self._consumer.consume,  # type: ignore[union-attr]
+            self.max_records,
+            self.poll_seconds,
+        )
+
     async def run(self) -> None:
         """Consume until cancelled; commits after every handled batch.
 
         Commits are asynchronous: a lost commit only means the batch is handled again, which
         idempotent handlers absorb; waiting for each would cost a broker round trip per batch.
+
+        With `prefetch`, the next `consume` runs in the consumer thread while the handler works
+        on the current batch. Commits still follow their own handler (the commit queues behind
+        the prefetch in the one consumer thread); prefetched records are not committed until
+        handled. The cost: a rebalance seen by the prefetch revokes partitions before the
+        current batch's commit, so the new owner may get that batch's records again.
         """
         self._consumer = await self._call(self._create_consumer)
         liveness = self.runtime.agent_liveness(self.name)
         decode = self.runtime.codec.decoder(self.schema)
         validate = self.validate
+        prefetched: asyncio.Future[list[Message]] | None = None
         try:
             while True:
-                messages: list[Message] = await self._call(
-                    self._consumer.consume, self.max_records, self.poll_seconds
-                )
+                messages: list[Message] = await (prefetched or self._consume())
+                prefetched = None
                 if self._revoked and self.on_revoked is not None:
                     revoked, self._revoked = self._revoked, []
                     await self.on_revoked(revoked)
+                if messages and self.prefetch:
+                    prefetched = self._consume()
                 if not messages:
                     continue
                 batch: list[BatchItem] = []
@@ -192,6 +211,8 @@ class BatchAgent:
                 await self._call(self._commit, messages, None, safe)
                 self._handled = []
         finally:
+            if prefetched is not None:
+                prefetched.cancel()
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 handled, self._handled = self._handled, []

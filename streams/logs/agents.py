@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from types import SimpleNamespace
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from connectors.elasticsearch import Document, ElasticsearchSink
+from connectors.elasticsearch import Document, ElasticsearchSink, Rejected
 from connectors.retry import Backoff, stable_id
-from streams.app import Decoded
+from streams.bus.batching import BatchItem
 from streams.bus.codec import CodecError
 from streams.bus.deadletters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TOPIC, dead_letter_record
 from streams.errors import RecordRejected
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LOGS_TO_ELASTICSEARCH = "sinks.logs_to_elasticsearch"
 TRACK_RULES = "logs.track_rules"
+SINK_BATCH_RECORDS = 1000
 
 
 def fallback_rule(settings: Settings) -> GovernanceRule:
@@ -78,98 +78,97 @@ class RuleBook:
         return rule
 
 
-Prepare = Callable[[list[Decoded]], Callable[[], Awaitable[None]]]
+class LogIndexer:
+    """The handler of `sinks.logs_to_elasticsearch`: governs a batch, bulk-indexes what is kept,
+    dead-letters what Elasticsearch refuses for good, and sends the volume points.
 
-
-async def consume_in_batches(runtime: Runtime, prepare: Prepare, max_records: int = 1000) -> None:
-    """Consume logs.records in batches of up to `max_records`; commit each batch's offsets only
-    after its write (`prepare(batch)()`: the bulk call) succeeded.
-
-    One batch is prepared (decoded, governed, documents built) while the previous one is being
-    written, so Python and Elasticsearch work at the same time; writes and commits stay in order.
-
-    A plain aiokafka group consumer instead of a Faust agent: Faust's per-message path costs
-    about 200 us a record (docs/benchmarks.md), more than governing and indexing it. Undecodable
-    or invalid records go to dead letters. A batch that fails, or a worker stopped in the middle
-    of one, is not committed, so its lines come again (idempotent ids make that harmless).
+    It returns only once all of that is done, so the batch agent commits after the bulk. While
+    Elasticsearch is away the sink's write retries; any other failure (Kafka refusing the points,
+    say) is logged and the unfinished steps are retried with backoff, so the batch is governed
+    once and its offsets stay uncommitted until it is fully handled.
     """
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import CommitFailedError, KafkaError
 
-    settings = runtime.settings
-    liveness = runtime.agent_liveness(LOGS_TO_ELASTICSEARCH)
-    decode = runtime.codec.decode
-    backoff = Backoff(first=0.5, maximum=10.0)
-    attempt = 0
-    while True:
-        consumer = AIOKafkaConsumer(
-            runtime.kafka_topic_name(RECORDS_TOPIC),
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=f"{settings.app_id}-{LOGS_TO_ELASTICSEARCH}",
-            client_id=f"{settings.app_id}-{LOGS_TO_ELASTICSEARCH}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=max_records,
-            fetch_max_wait_ms=200,
-        )
-        writing: tuple[asyncio.Future[None] | None, dict[Any, int]] | None = None
+    def __init__(self, runtime: Runtime, rules: RuleFollower) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.prefix = settings.elasticsearch_index_prefix
+        self.rule_book = RuleBook(rules.overrides, fallback_rule(settings))
+        masker = secret_masker(settings.logs_secret_patterns, settings.logs_mask_default_secrets)
+        self.governor = Governor(self.rule_book, masker, settings.logs_max_line_bytes)
+        self.backoff = Backoff(first=0.5, maximum=10.0)
+        self._sink: ElasticsearchSink | None = None
 
-        async def finish(consumer: AIOKafkaConsumer = consumer) -> None:
-            nonlocal writing
-            if writing is None:
-                return
-            write, offsets = writing
-            if write is not None:
-                await write
-            writing = None
+    async def sink(self) -> ElasticsearchSink:
+        """The Elasticsearch sink, with the logs index template installed on first use."""
+        if self._sink is None:
+            sink = ElasticsearchSink(self.runtime.settings.elasticsearch)
+            await sink.ensure_template(
+                f"{self.prefix}-logs",
+                [f"{self.prefix}-logs-*"],
+                ECS_MAPPINGS,
+                {"number_of_replicas": 0},
+            )
+            self._sink = sink
+        return self._sink
+
+    async def close(self) -> None:
+        if self._sink is not None:
+            await self._sink.close()
+
+    async def handle(self, batch: list[BatchItem]) -> None:
+        self.rule_book.refresh()
+        outcome = self.governor.govern([item.record for item in batch])
+        prefix = self.prefix
+        documents = [
+            Document(
+                index=index_name(prefix, kept.record["service"], kept.record["timestamp_us"]),
+                id=stable_id(*document_id_parts(kept.record)),
+                source=ecs_document(kept.record, kept.tags),
+            )
+            for kept in outcome.accepted
+        ]
+        source_of = {
+            document.id: batch[kept.position]
+            for document, kept in zip(documents, outcome.accepted, strict=True)
+        }
+        for summary in outcome.summaries:
+            documents.append(
+                Document(
+                    index=index_name(prefix, summary.service, summary.minute_us),
+                    id=stable_id(*summary.document_id_parts()),
+                    source=ecs_document(summary.record(), ("governance",)),
+                )
+            )
+        points = volume_points(outcome.volume)
+        refused: list[Rejected] | None = None
+        attempt = 0
+        while True:
             try:
-                await consumer.commit(offsets)
-            except CommitFailedError as error:
-                log.warning("offsets not committed (%s); the batch may come again", error)
+                if refused is None:
+                    refused = (await (await self.sink()).write(documents)).rejected
+                while refused:
+                    await self._dead_letter(refused[-1], source_of)
+                    refused.pop()
+                await asyncio.gather(
+                    *(self.runtime.send(POINTS_TOPIC, p["name"], POINT_SCHEMA, p) for p in points)
+                )
+                return
+            except Exception:
+                attempt += 1
+                log.exception("handling a batch of %s failed; retry %d", RECORDS_TOPIC, attempt)
+                await asyncio.sleep(self.backoff.delay(attempt))
 
-        try:
-            await consumer.start()
-            while True:
-                fetched = await consumer.getmany(timeout_ms=500, max_records=max_records)
-                if not fetched:
-                    await finish()
-                    continue
-                attempt = 0
-                batch: list[Decoded] = []
-                rejected = 0
-                for messages in fetched.values():
-                    for message in messages:
-                        try:
-                            record = decode(message.value, RECORD_SCHEMA)
-                            validate_record(record)
-                        except (CodecError, RecordRejected) as error:
-                            rejected += 1
-                            await dead_letter(
-                                runtime,
-                                message,
-                                LOGS_TO_ELASTICSEARCH,
-                                error.error_type,
-                                str(error),
-                            )
-                            continue
-                        batch.append(Decoded(SimpleNamespace(message=message), record))  # type: ignore[arg-type]
-                liveness.observe(len(batch), rejected)
-                write = prepare(batch) if batch else None
-                await finish()
-                offsets = {tp: messages[-1].offset + 1 for tp, messages in fetched.items()}
-                writing = (asyncio.ensure_future(write()) if write else None, offsets)
-        except KafkaError as error:
-            attempt += 1
-            log.warning("consuming %s failed (%s); retry %d", RECORDS_TOPIC, error, attempt)
-            await asyncio.sleep(backoff.delay(attempt))
-        except Exception:
-            attempt += 1
-            log.exception("a batch of %s failed; it comes again (retry %d)", RECORDS_TOPIC, attempt)
-            await asyncio.sleep(backoff.delay(attempt))
-        finally:
-            if writing is not None and writing[0] is not None and not writing[0].done():
-                writing[0].cancel()
-            await consumer.stop()
+    async def _dead_letter(self, rejected: Rejected, source_of: Mapping[str, BatchItem]) -> None:
+        item = source_of.get(rejected.document.id)
+        if item is None:
+            log.error("quota summary %s refused: %s", rejected.document.id, rejected.reason)
+            return
+        await self.runtime.dead_letter(
+            item.origin,  # type: ignore[arg-type]
+            LOGS_TO_ELASTICSEARCH,
+            "sink",
+            rejected.reason,
+        )
 
 
 class RuleFollower:
@@ -288,76 +287,24 @@ async def dead_letter(
 
 def register(runtime: Runtime) -> None:
     settings = runtime.settings
-    prefix = settings.elasticsearch_index_prefix
-    fallback = fallback_rule(settings)
-    masker = secret_masker(settings.logs_secret_patterns, settings.logs_mask_default_secrets)
-    namespace, cluster = settings.logs_config_namespace, settings.logs_config_cluster
-    rules = RuleFollower(namespace, cluster)
+    rules = RuleFollower(settings.logs_config_namespace, settings.logs_config_cluster)
+    indexer = LogIndexer(runtime, rules)
 
     @runtime.app.task
     async def track_rules() -> None:
         await follow_rules(runtime, rules)
 
-    @runtime.app.task
-    async def logs_to_elasticsearch() -> None:
-        sink = ElasticsearchSink(settings.elasticsearch)
-        await sink.ensure_template(
-            f"{prefix}-logs", [f"{prefix}-logs-*"], ECS_MAPPINGS, {"number_of_replicas": 0}
-        )
-        rule_book = RuleBook(rules.overrides, fallback)
-        governor = Governor(rule_book, masker, settings.logs_max_line_bytes)
+    runtime.batch_agent(
+        LOGS_TO_ELASTICSEARCH,
+        RECORDS_TOPIC,
+        RECORD_SCHEMA,
+        validate=validate_record,
+        max_records=SINK_BATCH_RECORDS,
+        prefetch=True,
+    )(indexer.handle)
 
-        def prepare(batch: list[Decoded]) -> Callable[[], Awaitable[None]]:
-            rule_book.refresh()
-            return _govern(runtime, sink, governor, batch)
-
-        try:
-            await consume_in_batches(runtime, prepare)
-        finally:
-            await sink.close()
-
-    def _govern(
-        runtime: Runtime, sink: ElasticsearchSink, governor: Governor, batch: list[Decoded]
-    ) -> Callable[[], Awaitable[None]]:
-        """Govern a batch now; the returned coroutine function indexes it and counts volumes."""
-        outcome = governor.govern([item.record for item in batch])
-        documents = [
-            Document(
-                index=index_name(prefix, kept.record["service"], kept.record["timestamp_us"]),
-                id=stable_id(*document_id_parts(kept.record)),
-                source=ecs_document(kept.record, kept.tags),
-            )
-            for kept in outcome.accepted
-        ]
-        source_of = {
-            doc.id: batch[kept.position]
-            for doc, kept in zip(documents, outcome.accepted, strict=True)
-        }
-        for summary in outcome.summaries:
-            record = summary.record()
-            documents.append(
-                Document(
-                    index=index_name(prefix, summary.service, summary.minute_us),
-                    id=stable_id(*summary.document_id_parts()),
-                    source=ecs_document(record, ("governance",)),
-                )
-            )
-        points = volume_points(outcome.volume)
-
-        async def write() -> None:
-            result = await sink.write(documents)
-            for rejected in result.rejected:
-                item = source_of.get(rejected.document.id)
-                if item is None:
-                    log.error("quota summary %s refused: %s", rejected.document.id, rejected.reason)
-                    continue
-                await dead_letter(
-                    runtime, item.event.message, LOGS_TO_ELASTICSEARCH, "sink", rejected.reason
-                )
-            await asyncio.gather(
-                *(runtime.send(POINTS_TOPIC, p["name"], POINT_SCHEMA, p) for p in points)
-            )
-
-        return write
+    @runtime.app.on_before_shutdown.connect
+    async def close_sink(app: object, **kwargs: object) -> None:
+        await indexer.close()
 
     api.register(runtime)

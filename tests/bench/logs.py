@@ -25,6 +25,7 @@ import argparse
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -287,17 +288,22 @@ def main() -> None:
                     f"round {round_number} {result.path:38} {result.rate:10,.0f} lines/s",
                     flush=True,
                 )
-        agent = max(agents, key=lambda result: result.rate)
-        baseline = max(baselines, key=lambda result: result.rate)
-        print(f"best of {args.rounds} rounds (baseline runs first in each round):")
-        for result in (agent, baseline):
-            print(
-                f"{result.path:38} {result.rate:10,.0f} lines/s  "
-                f"(start-up {result.startup_seconds:5.1f} s, timed {result.timed_lines} lines "
-                f"in {result.seconds:6.1f} s; Elasticsearch indexing {result.es_rate:,.0f} docs/s "
-                "of thread time)"
-            )
-        print(f"a/b = {agent.rate / baseline.rate:.2f}  (target >= 0.8)")
+        print(f"all {args.rounds} rounds (baseline runs first in each round):")
+        ratios = []
+        for round_number, (agent, baseline) in enumerate(zip(agents, baselines, strict=True), 1):
+            ratios.append(agent.rate / baseline.rate)
+            for result in (agent, baseline):
+                print(
+                    f"round {round_number} {result.path:38} {result.rate:10,.0f} lines/s  "
+                    f"(start-up {result.startup_seconds:5.1f} s, timed {result.timed_lines} "
+                    f"lines in {result.seconds:6.1f} s; Elasticsearch indexing "
+                    f"{result.es_rate:,.0f} docs/s of thread time)"
+                )
+            print(f"round {round_number} a/b = {ratios[-1]:.2f}")
+        print(
+            f"a/b per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"median {statistics.median(ratios):.2f}  (target >= 0.8)"
+        )
     finally:
         es.indices.delete(index=f"{run}*", allow_no_indices=True, ignore_unavailable=True)
         es.options(ignore_status=404).indices.delete_index_template(name=f"{run}*")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -82,3 +83,80 @@ async def test_a_failed_batch_is_seen_again_and_a_handled_one_is_not(
         await consume_until(agent, nothing_new, 8)
     assert again == [], "a handled batch is committed and not delivered a second time"
     assert runtime.liveness[AGENT].records >= RECORDS
+
+
+async def test_prefetch_sees_a_failed_batch_again_and_skips_or_repeats_nothing(
+    stack_settings: Settings,
+) -> None:
+    settings = stack_settings.model_copy(update={"table_store": "memory"})
+    apply_topics(settings)
+    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
+    keys = ("cpu", "mem", "disk", "net")
+    for index in range(RECORDS):
+        point = metric_point(name=keys[index % len(keys)], value=float(index))
+        producer.emit(POINTS_TOPIC, POINT_SCHEMA, point, key=point["name"])
+    producer.close()
+    assert producer.stats.delivered == RECORDS
+    runtime = Runtime(settings, domains=())
+
+    def prefetching(handler: Callable[[list[BatchItem]], Awaitable[None]]) -> BatchAgent:
+        return BatchAgent(
+            runtime, AGENT, POINTS_TOPIC, POINT_SCHEMA, handler, max_records=150, prefetch=True
+        )
+
+    handled: list[float] = []
+    failed_batch: list[float] = []
+    fetches: list[asyncio.Future] = []
+    next_fetch_started = 0
+
+    async def fail_third(batch: list[BatchItem]) -> None:
+        nonlocal next_fetch_started
+        latest = fetches[-1]
+        delivered_this_batch = latest.done() and any(
+            message is batch[0].message for message in latest.result()
+        )
+        next_fetch_started += not delivered_this_batch
+        await asyncio.sleep(0.3)  # the prefetch has time to fetch the next batch
+        values = [item.record["value"] for item in batch]
+        if len(handled) >= 2 * 100 and not failed_batch:
+            failed_batch.extend(values)
+            raise HandlerFailed
+        handled.extend(values)
+
+    agent = prefetching(fail_third)
+    start_consume = agent._consume
+
+    def counting_consume() -> asyncio.Future:
+        fetches.append(start_consume())
+        return fetches[-1]
+
+    agent._consume = counting_consume  # type: ignore[method-assign]
+    with pytest.raises(HandlerFailed):
+        await asyncio.wait_for(agent.run(), 60)
+    assert failed_batch and handled
+    assert next_fetch_started >= 3, "the next consume started before each handler ran"
+
+    seen: list[tuple[int, float]] = []
+    all_seen = asyncio.Event()
+
+    async def keep(batch: list[BatchItem]) -> None:
+        seen.extend((item.partition, item.record["value"]) for item in batch)
+        if len(handled) + len(seen) >= RECORDS:
+            all_seen.set()
+
+    task = asyncio.create_task(prefetching(keep).run())
+    try:
+        await asyncio.wait_for(all_seen.wait(), 60)
+        await asyncio.sleep(2)  # a duplicate would arrive now
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    values = [value for _, value in seen]
+    assert set(failed_batch) <= set(values), "the failed batch was not committed: it comes again"
+    assert not set(handled) & set(values), "handled batches were committed: they do not come again"
+    assert len(values) == len(set(values)), "no record twice across prefetched batches"
+    assert sorted(handled + values) == [float(index) for index in range(RECORDS)]
+    for partition in {p for p, _ in seen}:
+        in_partition = [value for p, value in seen if p == partition]
+        assert in_partition == sorted(in_partition), "each partition in order across batches"

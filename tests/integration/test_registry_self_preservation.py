@@ -34,6 +34,11 @@ class Heartbeats:
                     call("PUT", f"{self.base}/eureka/apps/GUARDED/{instance_id}?status=UP")
 
 
+# Several renewal windows per lease, as Eureka's 60 s window against 90 s leases: the
+# switch to self-preservation (one window after the silence) comes before any lease ends.
+LEASE_S = 8
+
+
 def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
@@ -64,7 +69,7 @@ def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
             status_code, body = call(
                 "POST",
                 f"{base}/eureka/apps/GUARDED",
-                register_body(instance_id, "GUARDED", lease_s=3),
+                register_body(instance_id, "GUARDED", lease_s=LEASE_S),
                 **{"Content-Type": "application/json"},
             )
             assert status_code == 204, body
@@ -100,8 +105,8 @@ def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
                 log,
             )
             assert preserving["renews_last_min"] <= preserving["renewal_threshold_per_min"]
-            # Their 3 s leases are long over, yet nothing is expired while preserving.
-            while time.monotonic() - silent_at < 3 + 4:
+            # Their leases are long over, yet nothing is expired while preserving.
+            while time.monotonic() - silent_at < LEASE_S + 4:
                 assert ids(apps_json(base)) >= set(INSTANCES), "a lease expired while preserving"
                 time.sleep(0.5)
             assert status()["self_preservation_active"]
@@ -119,9 +124,7 @@ def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
             )
             assert ids(apps_json(base)) >= set(INSTANCES)
             heartbeats.beating = {"sp-0", "sp-1", "sp-2"}
-            stopped_at = time.monotonic()
-            eventually(lambda: "sp-3" not in ids(apps_json(base)), 15, "sp-3 to be expired", log)
-            assert time.monotonic() - stopped_at < 3 + 5
+            eventually(lambda: "sp-3" not in ids(apps_json(base)), 60, "sp-3 to be expired", log)
             assert {"sp-0", "sp-1", "sp-2"} <= ids(apps_json(base))
         finally:
             heartbeats.stop.set()
