@@ -21,9 +21,9 @@ from cassandra.cluster import (
     NoHostAvailable,
     Session,
 )
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from connectors.retry import Backoff, retry_async
 
@@ -153,9 +153,23 @@ class CassandraSink:
         self._tables[table.name] = table
 
     async def upsert(
-        self, table: str, rows: Sequence[Mapping[str, Any]], ttl_seconds: int = 0
+        self,
+        table: str,
+        rows: Sequence[Mapping[str, Any]],
+        ttl_seconds: int = 0,
+        *,
+        unset_none: bool = False,
+        partition_batch_bytes: int = 0,
     ) -> int:
-        """Write rows (dicts by column name); retried until Cassandra has all of them."""
+        """Write rows (dicts by column name); retried until Cassandra has all of them.
+
+        With `unset_none`, None values are sent unset instead of null: no tombstone is written
+        (each null cell is one, and reads of wide partitions slow down and warn), but a stored
+        value is then kept, not cleared. For rows whose columns never go back to null.
+        With `partition_batch_bytes`, consecutive rows of one partition go as UNLOGGED batches of
+        about that many bytes (keep it well under the server's 50 KiB batch limit): one request
+        instead of one per row, several times the rows/s through the Python driver.
+        """
         if table not in self._tables:
             raise CassandraSinkError(f"table {table!r} was not created with ensure_table")
         if not rows:
@@ -163,19 +177,36 @@ class CassandraSink:
         statement = self._prepared[table]
         columns = list(self._tables[table].columns)
         try:
-            parameters = [(*[row[c] for c in columns], ttl_seconds) for row in rows]
+            if unset_none:
+                parameters = [
+                    (*[UNSET_VALUE if row[c] is None else row[c] for c in columns], ttl_seconds)
+                    for row in rows
+                ]
+            else:
+                parameters = [(*[row[c] for c in columns], ttl_seconds) for row in rows]
         except KeyError as error:
             raise CassandraSinkError(f"table {table}: a row lacks column {error}") from None
 
-        async def write() -> None:
-            results = await asyncio.to_thread(
-                execute_concurrent_with_args,
-                self.session,
-                statement,
-                parameters,
-                concurrency=self.concurrency,
-                raise_on_first_error=True,
+        key_positions = [columns.index(c) for c in self._tables[table].partition_key]
+
+        def run() -> object:
+            if partition_batch_bytes <= 0:
+                return execute_concurrent_with_args(
+                    self.session,
+                    statement,
+                    parameters,
+                    concurrency=self.concurrency,
+                    raise_on_first_error=True,
+                )
+            batches = _partition_batches(
+                statement, parameters, key_positions, partition_batch_bytes
             )
+            return execute_concurrent(
+                self.session, batches, concurrency=self.concurrency, raise_on_first_error=True
+            )
+
+        async def write() -> None:
+            results = await asyncio.to_thread(run)
             del results
 
         await retry_async(write, _is_retryable, self.backoff, f"upsert into {table}")
@@ -188,3 +219,43 @@ class CassandraSink:
 
     def close(self) -> None:
         self.cluster.shutdown()
+
+
+def _partition_batches(
+    statement: PreparedStatement,
+    parameters: Sequence[tuple[Any, ...]],
+    key_positions: Sequence[int],
+    limit_bytes: int,
+) -> list[tuple[BatchStatement, tuple[()]]]:
+    """Consecutive rows of one partition as UNLOGGED batches of at most about `limit_bytes`."""
+    batches: list[tuple[BatchStatement, tuple[()]]] = []
+    batch: BatchStatement | None = None
+    batch_key: tuple[Any, ...] | None = None
+    size = 0
+    for values in parameters:
+        key = tuple(values[position] for position in key_positions)
+        row_size = sum(_value_size(v) for v in values)
+        if batch is None or key != batch_key or size + row_size > limit_bytes:
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batches.append((batch, ()))
+            batch_key, size = key, 0
+        batch.add(statement, values)
+        size += row_size
+    return batches
+
+
+def _value_size(value: Any) -> int:
+    """A rough serialized size, enough to keep batches well under the server's limit."""
+    if isinstance(value, str | bytes):
+        return len(value) + 4
+    if isinstance(value, Mapping | list | tuple | set):
+        return (
+            4
+            + sum(_value_size(item) for item in value)
+            + (
+                sum(_value_size(item) for item in value.values())
+                if isinstance(value, Mapping)
+                else 0
+            )
+        )
+    return 8

@@ -22,15 +22,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from confluent_kafka import KafkaError, Message, Producer
+
 from connectors.cassandra import CassandraSink
 from connectors.elasticsearch import Document, ElasticsearchSink
-from connectors.retry import stable_id
+from connectors.retry import Backoff, retry_async, stable_id
 from streams.bus.batching import BatchItem
 from streams.errors import RecordRejected
 from streams.tracing import api
 from streams.tracing.events import MESSAGES_TOPIC, REPORT_SCHEMA, REPORTS_TOPIC, TREE_SCHEMA
 from streams.tracing.model import (
     HOUR_MS,
+    HourReport,
     MinuteReport,
     Outcome,
     PartitionReports,
@@ -38,7 +41,6 @@ from streams.tracing.model import (
     empty_closed_minute,
     logview_document,
     logview_keeps,
-    merge_rows,
     minute_from_rows,
     parse_domain_thresholds,
     tree_minute_ms,
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 BUILD_REPORTS = "tracing.build_reports"
 LOGVIEW_TO_ELASTICSEARCH = "sinks.trace_logview_to_elasticsearch"
 REPORTS = ("transaction", "event", "problem")
+REPORT_BATCH_BYTES = 16_384  # rows of one (domain, report, bucket) partition per request
 LOGVIEW_MAPPINGS = {
     "dynamic": False,
     "properties": {
@@ -123,6 +126,15 @@ class ReportStore:
         )
         return found[0] if found else None
 
+    async def minutes_of_hour(self, domain: str, hour_ms: int) -> set[int]:
+        """The minutes of an hour the minute index holds (closed and stored)."""
+        found = await self.sink.select(
+            f"SELECT period_start_ms FROM {self.sink.keyspace}.{MINUTES.name} "
+            "WHERE domain = %s AND period_start_ms >= %s AND period_start_ms < %s",
+            (domain, hour_ms, hour_ms + HOUR_MS),
+        )
+        return {row["period_start_ms"] for row in found}
+
     async def rows(
         self,
         period: str,
@@ -159,6 +171,83 @@ class ReportStore:
         return [row for rows in answers for row in rows]
 
 
+class ReportDeliveryError(Exception):
+    """Kafka did not acknowledge some report rows; the batch is produced again."""
+
+
+class ReportProducer:
+    """Produces a batch's report rows to `trace.reports` with one flush and waits for every
+    acknowledgement. librdkafka batches them; one awaited aiokafka send per row (thousands per
+    closed minute) spent most of the agent's time in aiokafka's accumulator."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.topic = runtime.kafka_topic_name(REPORTS_TOPIC)
+        self.backoff = Backoff()
+        self._producer: Producer | None = None
+
+    async def _open(self) -> Producer:
+        if self._producer is None:
+            await self.runtime.topic(REPORTS_TOPIC).maybe_declare()
+            self._producer = Producer(
+                {
+                    "bootstrap.servers": self.runtime.settings.kafka,
+                    "client.id": f"{self.runtime.settings.app_id}-{BUILD_REPORTS}",
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "compression.type": "lz4",
+                    "partitioner": "murmur2_random",
+                    "queue.buffering.max.messages": 1_000_000,
+                }
+            )
+        return self._producer
+
+    async def send(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        encode = self.runtime.codec.encode
+        messages = [
+            (row["domain"].encode(), encode(REPORT_SCHEMA, row, check=False)) for row in rows
+        ]
+        producer = await self._open()
+
+        async def deliver() -> None:
+            failures = await asyncio.to_thread(self._produce_all, producer, messages)
+            if failures:
+                raise ReportDeliveryError(
+                    f"{len(failures)} of {len(messages)} report rows were not acknowledged "
+                    f"by {self.topic}: {failures[0]}"
+                )
+
+        await retry_async(
+            deliver, lambda error: isinstance(error, ReportDeliveryError), self.backoff,
+            f"report rows to {self.topic}",
+        )  # fmt: skip
+
+    def _produce_all(self, producer: Producer, messages: list[tuple[bytes, bytes]]) -> list[str]:
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                failures.append(error.str())
+
+        for key, value in messages:
+            while True:
+                try:
+                    producer.produce(self.topic, value=value, key=key, on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        remaining = producer.flush(60)
+        if remaining:
+            failures.append(f"{remaining} still queued after 60 s")
+        return failures
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+
+
 @dataclass
 class TracingStats:
     """Counters of this worker's report agent, shown at /tracing/status."""
@@ -184,7 +273,9 @@ class ReportBuilder:
         self.options = report_options(settings)
         self.grace_ms = int(settings.tracing_grace_s * 1000)
         self.keep_closed_ms = int(settings.tracing_keep_closed_s * 1000)
+        self.reports = ReportProducer(runtime)
         self.partitions: dict[int, PartitionReports] = {}
+        self.hours: dict[int, dict[tuple[str, int], HourReport]] = defaultdict(dict)
         self.stats = TracingStats()
 
     def state(self, partition: int) -> PartitionReports:
@@ -199,6 +290,7 @@ class ReportBuilder:
         """Revoked partitions: their new owner replays from the committed offset."""
         for partition in partitions:
             self.partitions.pop(partition, None)
+            self.hours.pop(partition, None)
 
     async def handle(self, batch: list[BatchItem]) -> dict[int, int]:
         await self.store.open()
@@ -262,8 +354,13 @@ class ReportBuilder:
     async def _publish(
         self, partition: int, state: PartitionReports, rows: list[dict[str, Any]]
     ) -> None:
-        """Minute rows, then hour rows merged from every stored minute of their hours, then the
-        records on `trace.reports`, and last the minute index that marks them durable."""
+        """Minute rows, then the changed rows of their hours, then the records on
+        `trace.reports`, and last the minute index that marks them durable.
+
+        Hours are kept in memory (`HourReport`) and a closing minute is merged into its hour
+        alone; an hour is rebuilt from memory when one of its minutes was amended, and from
+        Cassandra when this process does not hold it and the minute index lists minutes of it
+        that are not closing now (after a restart or rebalance)."""
         minutes: dict[tuple[str, int], MinuteReport] = {}
         for row in rows:
             key = (row["domain"], row["period_start_ms"])
@@ -275,25 +372,48 @@ class ReportBuilder:
                 stored_row(row, minutes[(row["domain"], row["period_start_ms"])].last_offset)
                 for row in rows
             ],
+            unset_none=True,
+            partition_batch_bytes=REPORT_BATCH_BYTES,
         )
-        hours = sorted({(domain, minute - minute % HOUR_MS) for domain, minute in minutes})
+        by_hour: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for domain, minute_ms in minutes:
+            by_hour[(domain, minute_ms - minute_ms % HOUR_MS)].append(minute_ms)
+        hours = self.hours[partition]
         hour_rows: list[dict[str, Any]] = []
-        for domain, hour in hours:
-            stored = await asyncio.gather(
-                *(self.store.rows("minute", domain, r, bucket_ms=hour) for r in REPORTS)
-            )
-            merged = merge_rows(
-                [row for part in stored for row in part], "hour", self.options.max_problem_samples
-            )
-            hour_rows.extend(merged)
+        for (domain, hour_ms), closing in sorted(by_hour.items()):
+            hour = hours.get((domain, hour_ms))
+            closing.sort()
+            if hour is not None and hour.takes_next(closing[0]):
+                changed: set[Any] = set()
+                for minute_ms in closing:
+                    emitted = minutes[(domain, minute_ms)].emitted
+                    assert emitted is not None, "close_due made its rows"
+                    changed |= hour.add_minute(minute_ms, emitted)
+                hour_rows.extend(hour.rows(changed))
+                continue
+            if hour is None and await self.store.minutes_of_hour(domain, hour_ms) <= set(closing):
+                hour = HourReport(domain, hour_ms, self.options.max_problem_samples)
+            hour = self._hour_from_memory(state, domain, hour_ms, hour, closing)
+            if hour is None:
+                stored = await asyncio.gather(
+                    *(self.store.rows("minute", domain, r, bucket_ms=hour_ms) for r in REPORTS)
+                )
+                hour = HourReport.from_rows(
+                    domain,
+                    hour_ms,
+                    [row for part in stored for row in part],
+                    self.options.max_problem_samples,
+                )
+            hours[(domain, hour_ms)] = hour
+            hour_rows.extend(hour.rows())
         if hour_rows:
-            await sink.upsert(HOUR_ROWS.name, [stored_row(row, -1) for row in hour_rows])
-        await asyncio.gather(
-            *(
-                self.runtime.send(REPORTS_TOPIC, row["domain"], REPORT_SCHEMA, row)
-                for row in [*rows, *hour_rows]
+            await sink.upsert(
+                HOUR_ROWS.name,
+                [stored_row(row, -1) for row in hour_rows],
+                unset_none=True,
+                partition_batch_bytes=REPORT_BATCH_BYTES,
             )
-        )
+        await self.reports.send([*rows, *hour_rows])
         await sink.upsert(
             MINUTES.name,
             [
@@ -309,6 +429,37 @@ class ReportBuilder:
             ],
         )
         self.stats.rows_written += len(rows) + len(hour_rows)
+        self._forget_old_hours(partition, state)
+
+    def _hour_from_memory(
+        self,
+        state: PartitionReports,
+        domain: str,
+        hour_ms: int,
+        hour: HourReport | None,
+        closing: list[int],
+    ) -> HourReport | None:
+        """The hour merged again from the closed minutes in memory, when all of them are
+        (`hour` None: not known to this process)."""
+        if hour is None:
+            return None
+        rebuilt = HourReport(domain, hour_ms, self.options.max_problem_samples)
+        for minute_ms in sorted(hour.minutes | set(closing)):
+            minute = state.closed.get((domain, minute_ms))
+            if minute is None or minute.emitted is None:
+                return None
+            rebuilt.add_minute(minute_ms, minute.emitted)
+        return rebuilt
+
+    def _forget_old_hours(self, partition: int, state: PartitionReports) -> None:
+        """Hours whose minutes are all forgotten: a tree for them is restored from Cassandra."""
+        watermark = state.watermark_ms
+        if watermark is None:
+            return
+        horizon = watermark - self.keep_closed_ms
+        hours = self.hours[partition]
+        for key in [key for key in hours if key[1] + HOUR_MS < horizon]:
+            del hours[key]
 
 
 class LogviewWriter:
@@ -395,6 +546,7 @@ def register(runtime: Runtime) -> None:
     @runtime.app.on_before_shutdown.connect
     async def close_sinks(app: object, **kwargs: object) -> None:
         await logview.close()
+        builder.reports.close()
         sink.close()
 
     api.register(runtime, store, builder)

@@ -346,6 +346,7 @@ def threshold_bucket(duration_us: int, thresholds: tuple[int, ...]) -> str | Non
 # --- one minute of one domain ----------------------------------------------------------------
 
 RowKey = tuple[str, str, str]  # host, type, name
+ReportKey = tuple[str, str, str, str]  # report, host, type, name
 
 
 @dataclass
@@ -373,6 +374,7 @@ class MinuteReport:
     last_offset: int = -1
     late_count: int = 0
     revision: int = -1
+    emitted: EmittedMinute | None = None
 
     def add_tree(self, tree: Mapping[str, Any], options: ReportOptions) -> None:
         host = tree["ip"]
@@ -414,8 +416,25 @@ class MinuteReport:
             problem = self.problems[key] = ProblemStats()
         problem.add(bucket, message_id, samples)
 
+    def row_stats(self, options: ReportOptions) -> dict[ReportKey, Any]:
+        """The statistics of every row: per host, All hosts and per-type totals (name ''),
+        in row order (report, then host, type, name)."""
+        stats: dict[ReportKey, Any] = {}
+        for report, table in (
+            ("transaction", self.transactions),
+            ("event", self.events),
+            ("problem", self.problems),
+        ):
+            for (host, type_, name), row in sorted(_with_totals(table, options).items()):
+                stats[(report, host, type_, name)] = row
+        return stats
+
     def rows(self, closed_at_ms: int, options: ReportOptions) -> list[dict[str, Any]]:
-        """ReportRow records: per host, the All-hosts rows, and per-type totals (name '')."""
+        """ReportRow records: per host, the All-hosts rows, and per-type totals (name '').
+
+        Remembers what they were made of (`emitted`), which the hour report merges."""
+        stats = self.row_stats(options)
+        self.emitted = EmittedMinute(stats, max(self.revision, 0), closed_at_ms, self.late_count)
         base = {
             "period": "minute",
             "period_start_ms": self.period_start_ms,
@@ -424,18 +443,22 @@ class MinuteReport:
             "revision": max(self.revision, 0),
             "closed_at_ms": closed_at_ms,
         }
-        rows: list[dict[str, Any]] = []
-        for report, table in (
-            ("transaction", self.transactions),
-            ("event", self.events),
-            ("problem", self.problems),
-        ):
-            for (host, type_, name), stats in sorted(_with_totals(table, options).items()):
-                rows.append(
-                    {**ROW_DEFAULTS, **base, "report": report, "host": host, "type": type_,
-                     "name": name, **stats.row_fields()}
-                )  # fmt: skip
-        return rows
+        return [
+            {**ROW_DEFAULTS, **base, "report": report, "host": host, "type": type_, "name": name,
+             **row.row_fields()}
+            for (report, host, type_, name), row in stats.items()
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EmittedMinute:
+    """The statistics a minute's last emitted rows were made of, with their revision and close
+    time: what its hour merges (the minute's own stats may have moved on since)."""
+
+    stats: Mapping[ReportKey, Any]
+    revision: int
+    closed_at_ms: int
+    late_count: int
 
 
 def _with_totals(table: Mapping[RowKey, Any], options: ReportOptions) -> dict[RowKey, Any]:
@@ -630,6 +653,76 @@ def merge_rows(
             }
         )
     return merged_rows
+
+
+@dataclass
+class HourReport:
+    """One domain's hour rows as exact merges of its closed minutes' rows, kept in memory so a
+    closing minute is merged in alone instead of re-reading and re-merging the whole hour.
+
+    Minutes must be merged in time order (first-seen sample ids depend on it), which is the
+    order minutes close in; anything else (an amended minute) calls for a rebuild. The rows are
+    those `merge_rows` gives for the same minute rows."""
+
+    domain: str
+    hour_ms: int
+    max_samples: int = 5
+    stats: dict[ReportKey, Any] = field(default_factory=dict)
+    # per row: late counts summed over its minutes, highest revision, latest close
+    meta: dict[ReportKey, tuple[int, int, int]] = field(default_factory=dict)
+    minutes: set[int] = field(default_factory=set)
+
+    def takes_next(self, minute_ms: int) -> bool:
+        """Whether the minute can be merged in as is: later than every merged minute."""
+        return not self.minutes or minute_ms > max(self.minutes)
+
+    def add_minute(self, minute_ms: int, emitted: EmittedMinute) -> set[ReportKey]:
+        """Merge in a newly closed minute's rows; the keys of the hour rows that changed."""
+        if not self.takes_next(minute_ms):
+            raise ValueError(
+                f"minute {minute_ms} is not after the hour's merged minutes; rebuild the hour"
+            )
+        self.minutes.add(minute_ms)
+        for key, stats in emitted.stats.items():
+            target = self.stats.get(key)
+            if target is None:
+                target = self.stats[key] = type(stats)()
+            _merge(target, stats, self.max_samples)
+            late, revision, closed = self.meta.get(key, (0, 0, 0))
+            self.meta[key] = (
+                late + emitted.late_count,
+                max(revision, emitted.revision),
+                max(closed, emitted.closed_at_ms),
+            )
+        return set(emitted.stats)
+
+    @classmethod
+    def from_rows(
+        cls, domain: str, hour_ms: int, minute_rows: list[Mapping[str, Any]], max_samples: int
+    ) -> HourReport:
+        """The hour rebuilt from its stored minute rows (after a restart)."""
+        hour = cls(domain, hour_ms, max_samples)
+        for row in merge_rows(minute_rows, "hour", max_samples):
+            key = (row["report"], row["host"], row["type"], row["name"])
+            hour.stats[key] = _stats_from_row(row)
+            hour.meta[key] = (row["late_count"], row["revision"], row["closed_at_ms"])
+        hour.minutes = {row["period_start_ms"] for row in minute_rows}
+        return hour
+
+    def rows(self, keys: Iterable[ReportKey] | None = None) -> list[dict[str, Any]]:
+        """Hour ReportRow records, all or those of `keys`, in row order."""
+        chosen = sorted(self.stats if keys is None else keys)
+        rows = []
+        for key in chosen:
+            report, host, type_, name = key
+            late, revision, closed = self.meta[key]
+            rows.append(
+                {**ROW_DEFAULTS, "report": report, "period": "hour",
+                 "period_start_ms": self.hour_ms, "domain": self.domain, "host": host,
+                 "type": type_, "name": name, "late_count": late, "revision": revision,
+                 "closed_at_ms": closed, **self.stats[key].row_fields()}
+            )  # fmt: skip
+        return rows
 
 
 def _stats_from_row(row: Mapping[str, Any]) -> Any:

@@ -3,9 +3,10 @@
     python -m tests.bench.tracing [--trees N] [--kafka ADDR] [--skip-quix]
 
 N two-level trees (a URL transaction with an SQL child and a RemoteCall event; 6 domains,
-4 hosts, 1,000 URL names; root times spread over 10 minutes of event time) are produced once
-to a fresh `trace.messages` topic (6 partitions, prefix unique to this run), then a heartbeat
-per domain ten minutes ahead closes every minute. The same report is computed three times:
+4 hosts, 1,000 URL names per domain; root times advance through 10 minutes of event time) are
+produced once to a fresh `trace.messages` topic (6 partitions, prefix unique to this run), then
+a heartbeat per domain ten minutes ahead closes every minute. The same report is computed
+three times:
 
 (a) a `stackstream worker` child process (`domains=bus,tracing`): `tracing.build_reports`
     validates, builds minutes with PartitionReports, writes closed minute and hour rows to
@@ -40,21 +41,29 @@ NAMES = 1000
 SPAN_MINUTES = 10
 
 
-def make_tree(index: int, base_us: int) -> dict[str, Any]:
+def make_tree(index: int, base_us: int, trees: int) -> dict[str, Any]:
+    """Tree `index` of `trees`: root times advance through the span with a few seconds of
+    jitter (inside the 10 s grace, so nothing is late), URL 2-62 ms with SQL a quarter of it;
+    one tree in 997 is a slow URL (long-url), one in 499 a slow SQL (long-sql), one in 300
+    fails: realistic, and few problems for logview."""
     domain = DOMAINS[index % len(DOMAINS)]
-    at = base_us + (index * 7919 % (SPAN_MINUTES * 60_000_000))
-    duration = 200 + (index * 104_729) % 400_000
+    at = base_us + index * (SPAN_MINUTES * 60_000_000) // trees + (index * 7919) % 3_000_000
+    duration = 2_000 + (index * 104_729) % 60_000
+    if index % 997 == 0:
+        duration = 1_500_000
+    sql = 150_000 if index % 499 == 0 else duration // 4
     return {
         "domain": domain,
         "hostname": "bench",
-        "ip": HOSTS[index // len(DOMAINS) % len(HOSTS)],
+        "ip": HOSTS[index // len(DOMAINS) // NAMES % len(HOSTS)],
         "message_id": f"{domain}-0a000001-1-{index}",
         "root": {
-            "kind": "TRANSACTION", "type": "URL", "name": f"/api/{index % NAMES}", "status": "0",
+            "kind": "TRANSACTION", "type": "URL", "name": f"/api/{index // len(DOMAINS) % NAMES}",
+            "status": "500" if index % 300 == 0 else "0",
             "timestamp_us": at, "duration_us": duration, "data": "",
             "children": [
                 {"kind": "TRANSACTION", "type": "SQL", "name": f"q{index % 20}", "status": "0",
-                 "timestamp_us": at + 10, "duration_us": duration // 3, "data": "",
+                 "timestamp_us": at + 10, "duration_us": sql, "data": "",
                  "children": []},
                 {"kind": "EVENT", "type": "RemoteCall", "name": "stock", "status": "0",
                  "timestamp_us": at + 20, "data": ""},
@@ -81,7 +90,7 @@ def produce(settings: Any, trees: int, base_us: int) -> int:
                          "compression.type": "lz4", "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})  # fmt: skip
     topic = f"{settings.topic_prefix}trace.messages"
-    records = [make_tree(i, base_us) for i in range(trees)]
+    records = [make_tree(i, base_us, trees) for i in range(trees)]
     records += [heartbeat(d, base_us + 2 * SPAN_MINUTES * 60_000_000) for d in DOMAINS]
     for record in records:
         while True:

@@ -78,6 +78,57 @@ async def test_cassandra_upserts_are_idempotent(cassandra: str, unique: str) -> 
         sink.close()
 
 
+async def test_cassandra_upserts_can_leave_none_unset(cassandra: str, unique: str) -> None:
+    settings = Settings(cassandra=cassandra)
+    sink = CassandraSink(settings.cassandra_contact_points, unique)
+    table = TableDefinition(
+        name="notes",
+        columns={"key": "text", "title": "text", "body": "text"},
+        partition_key=("key",),
+    )
+    try:
+        await sink.open()
+        await sink.ensure_table(table)
+        await sink.upsert("notes", [{"key": "a", "title": "first", "body": "kept"}])
+        await sink.upsert("notes", [{"key": "a", "title": "second", "body": None}], unset_none=True)
+        await sink.upsert("notes", [{"key": "b", "title": None, "body": None}], unset_none=True)
+        rows = await sink.select(f"SELECT key, title, body FROM {unique}.notes")
+        assert sorted(rows, key=lambda row: row["key"]) == [
+            {"key": "a", "title": "second", "body": "kept"},
+            {"key": "b", "title": None, "body": None},
+        ]
+        await sink.upsert("notes", [{"key": "a", "title": "third", "body": None}])
+        cleared = await sink.select(f"SELECT body FROM {unique}.notes WHERE key = %s", ("a",))
+        assert cleared == [{"body": None}]
+    finally:
+        await sink.select(f"DROP KEYSPACE IF EXISTS {unique}")
+        sink.close()
+
+
+async def test_cassandra_upserts_in_partition_batches(cassandra: str, unique: str) -> None:
+    settings = Settings(cassandra=cassandra)
+    sink = CassandraSink(settings.cassandra_contact_points, unique)
+    table = TableDefinition(
+        name="cells",
+        columns={"sheet": "text", "cell": "int", "text": "text"},
+        partition_key=("sheet",),
+        clustering=("cell",),
+    )
+    try:
+        await sink.open()
+        await sink.ensure_table(table)
+        rows = [{"sheet": f"s{n // 250}", "cell": n, "text": "x" * 100} for n in range(1000)]
+        assert await sink.upsert("cells", rows, partition_batch_bytes=4_000) == 1000
+        await sink.upsert("cells", rows[:10], partition_batch_bytes=4_000)
+        counted = await sink.select(f"SELECT count(*) AS n FROM {unique}.cells")
+        assert counted[0]["n"] == 1000
+        last = await sink.select(f"SELECT cell FROM {unique}.cells WHERE sheet = %s", ("s3",))
+        assert [row["cell"] for row in last] == list(range(750, 1000))
+    finally:
+        await sink.select(f"DROP KEYSPACE IF EXISTS {unique}")
+        sink.close()
+
+
 def test_table_definitions_refuse_unsafe_names() -> None:
     with pytest.raises(CassandraSinkError, match="not a usable Cassandra name"):
         TableDefinition("bad;name", {"a": "text"}, ("a",)).create_cql("ks")

@@ -15,6 +15,7 @@ from streams.settings import Settings
 from streams.tracing.events import REPORT_SCHEMA, TREE_SCHEMA
 from streams.tracing.model import (
     MINUTE_MS,
+    HourReport,
     MinuteReport,
     Outcome,
     PartitionReports,
@@ -260,6 +261,51 @@ def test_an_hour_is_the_exact_merge_of_its_minutes() -> None:
     assert rows_by(day, "transaction")[("All", "SQL", "q")]["sum_us"] == sum(durations)
     with pytest.raises(ValueError, match="period"):
         merge_rows(minutes, "week")
+
+
+def _varied_minutes(count: int) -> list[MinuteReport]:
+    """Minutes with several hosts, names, failures and problems, so first-seen ids matter."""
+    generator = random.Random(23)
+    minutes = []
+    for index in range(count):
+        minute = MinuteReport("orders", T0_US // 1000 + index * MINUTE_MS)
+        for n in range(30):
+            failed = generator.random() < 0.2
+            root = transaction(
+                "URL", f"/{generator.randrange(4)}", generator.randrange(1, 3_000_000),
+                status="500" if failed else "0",
+                children=[transaction("SQL", "q", generator.randrange(1, 900_000)),
+                          event("Exception", "Boom", status="1" if failed else "0")],
+            )  # fmt: skip
+            ip = f"10.0.0.{generator.randrange(1, 4)}"
+            minute.add_tree(tree(root, ip=ip, message_id=f"orders-{index}-{n}"), ReportOptions())
+        minutes.append(minute)
+    return minutes
+
+
+def test_an_hour_kept_in_memory_gives_the_rows_merge_rows_gives() -> None:
+    minutes = _varied_minutes(6)
+    all_rows: list[dict[str, Any]] = []
+    hour = HourReport("orders", T0_US // 1000)
+    changed: set[Any] = set()
+    for index, minute in enumerate(minutes):
+        minute.late_count = index % 2
+        all_rows.extend(minute.rows(minute.period_start_ms + MINUTE_MS, ReportOptions()))
+        assert minute.emitted is not None
+        changed |= hour.add_minute(minute.period_start_ms, minute.emitted)
+    expected = merge_rows(all_rows, "hour")
+    assert hour.rows() == expected
+    assert hour.rows(changed) == expected
+    with pytest.raises(ValueError, match="rebuild"):
+        hour.add_minute(minutes[2].period_start_ms, minutes[2].emitted)
+
+    stored = [row for row in all_rows if row["period_start_ms"] < minutes[4].period_start_ms]
+    restored = HourReport.from_rows("orders", T0_US // 1000, stored, 5)
+    assert not restored.takes_next(minutes[3].period_start_ms)
+    for minute in minutes[4:]:
+        assert minute.emitted is not None
+        restored.add_minute(minute.period_start_ms, minute.emitted)
+    assert restored.rows() == expected
 
 
 # --- watermark, late trees, commits ---------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.tracing.sketch import LatencySketch, SketchError
+from streams.tracing.sketch import REPORT_QUANTILES, LatencySketch, SketchError
 
 QUANTILES = (0.0, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 BOUND = 0.01 + 1e-9
@@ -107,6 +107,22 @@ def test_encoding_round_trips(values: list[int]) -> None:
     assert decoded.quantiles() == sketch.quantiles()
     decoded.merge(LatencySketch.of(values))
     assert decoded.count == 2 * len(values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(latencies, latencies)
+def test_equal_sketches_encode_to_equal_bytes(a: list[int], b: list[int]) -> None:
+    merged = LatencySketch.from_bytes(LatencySketch.of(b).to_bytes())
+    merged.merge(LatencySketch.of(a))
+    assert merged.to_bytes() == LatencySketch.of([*a, *b]).to_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(latencies)
+def test_all_quantiles_at_once_equal_each_quantile(values: list[int]) -> None:
+    sketch = LatencySketch.of([*values, 0, 0] if len(values) % 3 == 0 else values)
+    points = (("min", 0.0), ("p1", 0.01), *REPORT_QUANTILES, ("max", 1.0))
+    assert sketch.quantiles(points) == {label: sketch.quantile(q) for label, q in points}
 
 
 def test_an_empty_sketch_has_no_quantiles_and_round_trips() -> None:
