@@ -83,7 +83,7 @@ def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
                     and not state["self_preservation_active"]
                     and state
                 ),
-                20,
+                60,
                 "renewals above the threshold",
                 log,
             )
@@ -100,7 +100,7 @@ def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
                     and not state["lease_expiration_enabled"]
                     and state
                 ),
-                15,
+                60,
                 "self-preservation to switch on",
                 log,
             )
@@ -118,7 +118,7 @@ def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
                     not (state := status())["self_preservation_active"]
                     and state["lease_expiration_enabled"]
                 ),
-                15,
+                60,
                 "self-preservation to switch off",
                 log,
             )
