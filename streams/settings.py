@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     elasticsearch_transport_port: int = 19300
     cassandra_port: int = 19042
     cassandra_storage_port: int = 17000
-    kafka_heap: str = "512m"
+    kafka_heap: str = "1g"
     elasticsearch_heap: str = "768m"
     cassandra_heap: str = "1g"
     elasticsearch_user: str = "stackstream-es"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,13 @@ def unit_settings(tmp_path: Path, unique: str) -> Settings:
 @pytest.fixture
 def stack_settings(
     tmp_path: Path, unique: str, kafka: str, elasticsearch: str, cassandra: str
-) -> Settings:
-    """Settings pointing at the real servers, with this test's own topics, index and keyspace."""
-    return Settings(
+) -> Iterator[Settings]:
+    """Settings pointing at the real servers, with this test's own topics, index and keyspace.
+
+    Afterwards the test's topics (its prefix, and Faust's topics named after its app id) are
+    deleted, so a long-lived broker does not pile up thousands of partitions.
+    """
+    settings = Settings(
         kafka=kafka,
         elasticsearch=elasticsearch,
         cassandra=cassandra,
@@ -48,6 +53,21 @@ def stack_settings(
         data_dir=tmp_path / "worker",
         web_port=_free_port(),
     )
+    yield settings
+    _delete_topics(kafka, unique)
+
+
+def _delete_topics(kafka: str, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({"bootstrap.servers": kafka})
+        topics = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+        if topics:
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.result()
+    except Exception as error:  # cleanup must never fail a test
+        print(f"could not delete the test's topics: {error}")
 
 
 def _free_port() -> int:
