@@ -172,10 +172,7 @@ def register(runtime: Runtime, state: ConfigState) -> None:
         @_answer
         async def get(self, request: Any, app_id: str, cluster: str, namespace: str) -> Any:
             record, release = client_release(app_id, cluster, namespace, request.query)
-            if record["format"] == model.PROPERTIES:
-                text = model.properties_text(release.configurations)
-            else:
-                text = release.configurations.get(model.CONTENT_KEY, "")
+            text = model.namespace_text(record["format"], release.configurations)
             return self.text(text, content_type="text/plain")
 
     @app.page("/configfiles/{app_id}/{cluster}/{namespace}")
@@ -185,10 +182,7 @@ def register(runtime: Runtime, state: ConfigState) -> None:
         @_answer
         async def get(self, request: Any, app_id: str, cluster: str, namespace: str) -> Any:
             record, release = client_release(app_id, cluster, namespace, request.query)
-            if record["format"] == model.PROPERTIES:
-                text = model.properties_text(release.configurations)
-            else:
-                text = release.configurations.get(model.CONTENT_KEY, "")
+            text = model.namespace_text(record["format"], release.configurations)
             return self.text(text, content_type="text/plain")
 
     client_parameters = [

@@ -979,3 +979,10 @@ class NotificationAnswers:
 
     def __len__(self) -> int:
         return len(self._answers)
+
+
+def namespace_text(format_name: str, configurations: Mapping[str, str]) -> str:
+    """What /configfiles serves: properties text, or a file namespace's content as written."""
+    if format_name == PROPERTIES:
+        return properties_text(configurations)
+    return configurations.get(CONTENT_KEY, "")
