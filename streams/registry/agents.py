@@ -174,6 +174,17 @@ class Registry:
         states = (self.state.get(partition_key(p)) for p in range(self.partitions))
         return [state for state in states if state is not None]
 
+    def lease_marks(self) -> dict[str, int]:
+        """Each partition's registers-minus-cancels count, as a threshold update records them.
+
+        The update carries the marks of the moment its expected count was taken: marks read when
+        it is applied would also swallow registrations applied in between, losing them.
+        """
+        return {
+            str(state["partition"]): state.get("lease_delta", 0)
+            for state in self.partition_states()
+        }
+
     def status(self, now: int | None = None) -> dict[str, Any]:
         """Self-preservation inputs and decision, as the status endpoint shows them."""
         now = now_ms() if now is None else now
@@ -366,10 +377,8 @@ class Registry:
             registry["self_preservation_changed_ms"] = record["timestamp_ms"]
         elif action == RENEWAL_THRESHOLD_UPDATE and record["self_preservation"] is not None:
             registry["expected_base"] = record["self_preservation"]["expected_clients"]
-            registry["marks"] = {
-                str(state["partition"]): state.get("lease_delta", 0)
-                for state in self.partition_states()
-            }
+            marks = record["self_preservation"].get("partition_marks")
+            registry["marks"] = self.lease_marks() if marks is None else marks
             registry["threshold_updated_ms"] = record["timestamp_ms"]
         self.state[REGISTRY_KEY] = registry
 
@@ -398,9 +407,10 @@ class Registry:
             return []
         now = now_ms()
         status = self.status(now)
+        marks = self.lease_marks()
         origin = f"{self.settings.app_id}@{self.settings.web_host}:{self.settings.web_port}"
         if 0 in owned:
-            await self._registry_wide_decisions(status, now, origin)
+            await self._registry_wide_decisions(status, marks, now, origin)
         if not status["lease_expiration_enabled"]:
             return []
         mine = self.view.in_partitions(owned)
@@ -423,7 +433,9 @@ class Registry:
             log.info("registry: expired %d lease(s): %s", len(chosen), ", ".join(chosen[:10]))
         return chosen
 
-    async def _registry_wide_decisions(self, status: dict[str, Any], now: int, origin: str) -> None:
+    async def _registry_wide_decisions(
+        self, status: dict[str, Any], marks: dict[str, int], now: int, origin: str
+    ) -> None:
         settings = self.settings
         registry = self.state.get(REGISTRY_KEY) or {}
         snapshot = {
@@ -447,7 +459,7 @@ class Registry:
                 settings.registry_renewal_percent_threshold,
                 settings.registry_self_preservation,
             )
-            update = {**snapshot, "expected_clients": expected}
+            update = {**snapshot, "expected_clients": expected, "partition_marks": marks}
             update["threshold_per_min"] = renewal_threshold(
                 expected,
                 settings.registry_expected_renewal_interval_s,

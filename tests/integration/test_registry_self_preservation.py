@@ -39,11 +39,6 @@ class Heartbeats:
 LEASE_S = 8
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flaky since renewals are flushed in batches per partition: under load the "
-    "worker sometimes never reports 4 expected clients with expiry enabled (issue 7 note)",
-)
 def test_expiry_stops_below_the_renewal_threshold_and_resumes_after(
     stack_settings: Settings, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from streams.registry.model import (
     REGISTER,
     REGISTRY_KEY,
     RENEW,
+    RENEWAL_THRESHOLD_UPDATE,
     SELF_PRESERVATION_ON,
     STATUS_OVERRIDE,
     instance_key,
@@ -182,3 +183,45 @@ async def test_a_write_waits_for_its_event_in_the_view(runtime: Runtime) -> None
     assert registry._waiters == {}
     late = await registry.wait_for("ORDERS/never", T0)
     assert late is False
+
+
+async def test_a_threshold_update_keeps_registrations_applied_after_its_decision(
+    runtime: Runtime,
+) -> None:
+    """The update's expected count was taken before two registrations; applying it later must
+    not swallow them (the self-preservation flake: expected clients stuck below the truth)."""
+    registry: Registry = runtime.context["registry"]
+    agent = runtime.app.agents[APPLY_EVENTS]
+    encode = runtime.codec.encode
+    decided = registry_event(
+        RENEWAL_THRESHOLD_UPDATE,
+        timestamp_ms=T0,
+        self_preservation={
+            "enabled": True,
+            "expected_clients": 0,
+            "threshold_per_min": 0,
+            "renews_last_min": 0,
+            "partition_marks": registry.lease_marks(),
+        },
+    )
+    async with agent.test_context() as context:
+        for partition, name in ((1, "a-1"), (2, "a-2")):
+            await context.put(
+                encode(
+                    EVENT_SCHEMA,
+                    registry_event(
+                        REGISTER,
+                        "ORDERS",
+                        name,
+                        timestamp_ms=T0,
+                        instance=instance(instance_id=name),
+                    ),
+                ),
+                key=f"ORDERS/{name}".encode(),
+                partition=partition,
+            )
+        await settle(lambda: registry.status(T0)["expected_clients"] == 2)
+        await context.put(encode(EVENT_SCHEMA, decided), key=REGISTRY_KEY.encode(), partition=0)
+        await settle(lambda: "expected_base" in (registry.state.get(REGISTRY_KEY) or {}))
+
+    assert registry.status(T0)["expected_clients"] == 2

@@ -311,6 +311,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "expected_clients": 11,
             "threshold_per_min": 18,
             "renews_last_min": 20,
+            "partition_marks": {"0": 3, "1": -1},
         },
     },
     "config_release": {
