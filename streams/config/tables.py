@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streams.bus.codec import CodecError
+from streams.bus.follow import MessageHandler, follow_topics
 from streams.config.events import RELEASE_SCHEMA
 from streams.config.model import (
     ConfigIndex,
@@ -129,46 +130,29 @@ class ConfigState:
 async def follow_config_topics(runtime: Runtime, state: ConfigState) -> None:
     """Read every partition of the releases, history and drafts topics from the start, forever.
 
-    This is what a GlobalTable does (every worker holds all of it), done with a plain
-    group-less consumer: a GlobalTable whose changelog is the source topic itself stalled
-    Faust's partition assignor (see docs/config.md).
+    This is what a GlobalTable does (every worker holds all of it), with the bus's group-less
+    follower (`streams.bus.follow`).
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     def history(key: str, record: Record | None) -> None:
         if record is not None:
             state.history_applied(key, record)
 
-    appliers: dict[str, Callable[[str, Record | None], None]] = {}
-    partitions: list[TopicPartition] = []
-    for table, apply in (
-        (CURRENT_TABLE, state.release_applied),
-        (HISTORY_TABLE, history),
-        (DRAFTS_TABLE, state.draft_applied),
-    ):
-        topic = runtime.topology.table(table).source
-        name = runtime.kafka_topic_name(topic)
-        appliers[name] = apply
-        spec = runtime.topology.topic(topic)
-        partitions += [TopicPartition(name, p) for p in range(spec.partitions)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=runtime.settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
-            for messages in batches.values():
-                for message in messages:
-                    _apply(runtime, state, appliers[message.topic], message)
-    finally:
-        await consumer.stop()
+    def applier(apply: Callable[[str, Record | None], None]) -> MessageHandler:
+        async def handle(message: Any) -> None:
+            _apply(runtime, state, apply, message)
+
+        return handle
+
+    handlers = {
+        runtime.topology.table(table).source: applier(apply)
+        for table, apply in (
+            (CURRENT_TABLE, state.release_applied),
+            (HISTORY_TABLE, history),
+            (DRAFTS_TABLE, state.draft_applied),
+        )
+    }
+    await follow_topics(runtime, handlers, max_records=1000)
 
 
 def _apply(

@@ -15,6 +15,7 @@ from connectors.retry import Backoff, stable_id
 from streams.bus.batching import BatchItem
 from streams.bus.codec import CodecError
 from streams.bus.deadletters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TOPIC, dead_letter_record
+from streams.bus.follow import follow_topics
 from streams.errors import RecordRejected
 from streams.logs import api
 from streams.logs.events import (
@@ -200,52 +201,6 @@ class RuleFollower:
             self.overrides[app_id] = keys
 
 
-async def follow_rules(runtime: Runtime, rules: RuleFollower) -> None:
-    """Read every partition of config.releases from the start, forever, into `rules`.
-
-    What a GlobalTable would do, with a group-less consumer: a GlobalTable fed by an agent on
-    config.releases stalled Faust's partition assignor, as the config domain also found.
-    """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
-
-    name = runtime.kafka_topic_name(CONFIG_RELEASES_TOPIC)
-    spec = runtime.topology.topic(CONFIG_RELEASES_TOPIC)
-    partitions = [TopicPartition(name, p) for p in range(spec.partitions)]
-    positions: dict[TopicPartition, int] = {}
-    backoff = Backoff(first=0.5, maximum=10.0)
-    attempt = 0
-    while True:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=runtime.settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
-        )
-        try:
-            await consumer.start()
-            consumer.assign(partitions)
-            for partition in partitions:
-                if partition in positions:
-                    consumer.seek(partition, positions[partition])
-                else:
-                    await consumer.seek_to_beginning(partition)
-            attempt = 0
-            while True:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=500)
-                for partition, messages in batches.items():
-                    for message in messages:
-                        await _apply_release(runtime, rules, message)
-                        positions[partition] = message.offset + 1
-        except KafkaError as error:
-            attempt += 1
-            log.warning("following %s failed (%s); retry %d", name, error, attempt)
-            await asyncio.sleep(backoff.delay(attempt))
-        finally:
-            await consumer.stop()
-
-
 async def _apply_release(runtime: Runtime, rules: RuleFollower, message: Any) -> None:
     key = message.key.decode() if isinstance(message.key, bytes) else str(message.key or "")
     try:
@@ -292,7 +247,10 @@ def register(runtime: Runtime) -> None:
 
     @runtime.app.task
     async def track_rules() -> None:
-        await follow_rules(runtime, rules)
+        async def apply_release(message: Any) -> None:
+            await _apply_release(runtime, rules, message)
+
+        await follow_topics(runtime, {CONFIG_RELEASES_TOPIC: apply_release}, fetch_max_wait_ms=200)
 
     runtime.batch_agent(
         LOGS_TO_ELASTICSEARCH,
