@@ -260,6 +260,27 @@ class Runtime:
     async def dead_letter(self, event: EventT, agent: str, error_type: str, reason: str) -> None:
         """Send one source record to the dead-letter topic with why and where it came from."""
         message = event.message
+        await self.dead_letter_message(
+            message,
+            agent,
+            error_type,
+            reason,
+            timestamp_ms=int(message.timestamp * 1000) if message.timestamp else 0,
+            source=event,
+        )
+
+    async def dead_letter_message(
+        self,
+        message: Any,
+        agent: str,
+        error_type: str,
+        reason: str,
+        *,
+        timestamp_ms: int,
+        source: EventT | None = None,
+    ) -> None:
+        """Dead-letter a consumed record of any client (Faust, aiokafka: topic, partition,
+        offset, key, value, headers); `source` joins a Faust event's transaction."""
         source_topic = message.topic
         prefix = self.settings.topic_prefix
         if prefix and source_topic.startswith(prefix):
@@ -270,14 +291,14 @@ class Runtime:
             source_topic=source_topic,
             partition=message.partition,
             offset=message.offset,
-            timestamp_ms=int(message.timestamp * 1000) if message.timestamp else 0,
+            timestamp_ms=timestamp_ms,
             agent=agent,
             key=message.key,
             value=message.value,
-            headers={k: v for k, v in (message.headers or [])} if message.headers else {},
+            headers=dict(message.headers or []),
         )
         self.dead_letter_counter.add(source_topic, error_type)
-        await self.send(DEAD_LETTER_TOPIC, source_topic, DEAD_LETTER_SCHEMA, record, source=event)
+        await self.send(DEAD_LETTER_TOPIC, source_topic, DEAD_LETTER_SCHEMA, record, source=source)
 
     # --- consuming --------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from connectors.elasticsearch import Document, ElasticsearchSink, Rejected
 from connectors.retry import Backoff, stable_id
 from streams.bus.batching import BatchItem
 from streams.bus.codec import CodecError
-from streams.bus.deadletters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TOPIC, dead_letter_record
 from streams.bus.follow import follow_topics
 from streams.errors import RecordRejected
 from streams.logs import api
@@ -212,32 +211,9 @@ async def _apply_release(runtime: Runtime, rules: RuleFollower, message: Any) ->
         if message.timestamp and message.timestamp < rules.started_ms:
             log.warning("config release %s (before this worker started) refused: %s", key, error)
             return
-        await dead_letter(runtime, message, TRACK_RULES, error.error_type, str(error))
-
-
-async def dead_letter(
-    runtime: Runtime, message: Any, agent: str, error_type: str, reason: str
-) -> None:
-    """Send an aiokafka record to the dead-letter topic, outside any transaction (this
-    consumer is not Faust's, so there is no source transaction to join)."""
-    source_topic = message.topic
-    prefix = runtime.settings.topic_prefix
-    if prefix and source_topic.startswith(prefix):
-        source_topic = source_topic[len(prefix) :]
-    record = dead_letter_record(
-        reason=reason,
-        error_type=error_type,
-        source_topic=source_topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=message.timestamp or 0,
-        agent=agent,
-        key=message.key,
-        value=message.value,
-        headers=dict(message.headers or []),
-    )
-    runtime.dead_letter_counter.add(source_topic, error_type)
-    await runtime.send(DEAD_LETTER_TOPIC, source_topic, DEAD_LETTER_SCHEMA, record)
+        await runtime.dead_letter_message(
+            message, TRACK_RULES, error.error_type, str(error), timestamp_ms=message.timestamp or 0
+        )
 
 
 def register(runtime: Runtime) -> None:
