@@ -47,19 +47,10 @@ def register(runtime: Runtime) -> None:
                 search = parse_search(dict(request.query))
             except ParameterError as error:
                 return self.json(error_body(error.field, error.message), status=400)
-            body = search.body()
+            arguments = search.search_arguments(settings.elasticsearch_index_prefix)
             try:
                 async with AsyncElasticsearch(settings.elasticsearch, request_timeout=15) as es:
-                    response = await es.search(
-                        index=search.indices(settings.elasticsearch_index_prefix),
-                        query=body["query"],
-                        sort=body["sort"],
-                        from_=body["from"],
-                        size=body["size"],
-                        track_total_hits=True,
-                        ignore_unavailable=True,
-                        allow_no_indices=True,
-                    )
+                    response = await es.search(**arguments)
             except (ApiError, TransportConnectionError, ConnectionTimeout) as error:
                 return self.json(
                     error_body(None, f"Elasticsearch cannot answer: {error}"), status=503

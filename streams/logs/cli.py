@@ -93,18 +93,8 @@ def logs_search(start: str | None, end: str | None, **filters: Any) -> None:
     start = start or (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     search = _search({**filters, "from": start, "to": end})
     settings = get_settings()
-    body = search.body()
     try:
-        response = _client().search(
-            index=search.indices(settings.elasticsearch_index_prefix),
-            query=body["query"],
-            sort=body["sort"],
-            from_=body["from"],
-            size=body["size"],
-            track_total_hits=True,
-            ignore_unavailable=True,
-            allow_no_indices=True,
-        )
+        response = _client().search(**search.search_arguments(settings.elasticsearch_index_prefix))
     except Exception as error:
         _fail(f"cannot search Elasticsearch at {settings.elasticsearch}: {error}")
         raise
@@ -145,16 +135,10 @@ def logs_tail(lines: int, interval: float, once: bool, **filters: Any) -> None:
             overlap = datetime.fromisoformat(newest) - timedelta(seconds=30)
             since = overlap.isoformat()
         search = _search({**filters, "from": since, "size": lines if first else 500})
-        body = search.body()
+        arguments = search.search_arguments(settings.elasticsearch_index_prefix)
+        arguments["track_total_hits"] = False
         try:
-            response = client.search(
-                index=search.indices(settings.elasticsearch_index_prefix),
-                query=body["query"],
-                sort=body["sort"],
-                size=body["size"],
-                ignore_unavailable=True,
-                allow_no_indices=True,
-            )
+            response = client.search(**arguments)
         except Exception as error:
             console.print(f"[yellow]Elasticsearch not answering ({error}); retrying[/]")
             time.sleep(max(interval, 2.0))

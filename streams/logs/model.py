@@ -489,6 +489,23 @@ class LogSearch:
             return f"{prefix}-logs-{index_service(self.service)}-*"
         return f"{prefix}-logs-*"
 
+    def search_arguments(self, index_prefix: str) -> dict[str, Any]:
+        """Keyword arguments of the Elasticsearch client's `search` for this search.
+
+        A missing index (no line of that service yet) answers no hits rather than an error.
+        """
+        body = self.body()
+        return {
+            "index": self.indices(index_prefix),
+            "query": body["query"],
+            "sort": body["sort"],
+            "from_": body["from"],
+            "size": body["size"],
+            "track_total_hits": True,
+            "ignore_unavailable": True,
+            "allow_no_indices": True,
+        }
+
     def body(self) -> dict[str, Any]:
         """The search request body: filters, a simple_query_string for text, newest first."""
         filters: list[dict[str, Any]] = []

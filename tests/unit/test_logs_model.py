@@ -315,6 +315,10 @@ def test_search_parameters_become_a_safe_query() -> None:
     text_query = body["query"]["bool"]["must"][0]["simple_query_string"]
     assert text_query["query"] == 'timeout -retry "upstream"'
     assert body["from"] == 40 and body["size"] == 20
+    arguments = search.search_arguments("ss")
+    assert arguments["index"] == "ss-logs-orders_api-*"
+    assert (arguments["from_"], arguments["size"], arguments["query"]) == (40, 20, body["query"])
+    assert arguments["ignore_unavailable"] and arguments["allow_no_indices"]
 
 
 def test_min_level_filters_this_level_and_above() -> None:
