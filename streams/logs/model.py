@@ -83,13 +83,24 @@ def normalise_level(level: str) -> str | None:
     return upper if upper in LEVEL_RANK else None
 
 
+# The service names a daily Elasticsearch index (at most 255 bytes) and tags the volume points
+# (a Cassandra key part, at most 64 KiB), so it stays short.
+MAX_SERVICE_CHARS = 100
+
+
 def validate_record(record: Mapping[str, Any]) -> None:
     if record["level"] not in LEVELS:
         raise RecordRejected(
             "level", f"must be one of {', '.join(LEVELS)}, not {record['level']!r}"
         )
-    if not record["service"]:
+    service = record["service"]
+    if not service:
         raise RecordRejected("service", "must name the application")
+    if len(service) > MAX_SERVICE_CHARS:
+        raise RecordRejected(
+            "service",
+            f"{len(service)} characters; at most {MAX_SERVICE_CHARS} (it names an index)",
+        )
 
 
 def index_name(prefix: str, service: str, timestamp_us: int) -> str:
@@ -672,6 +683,8 @@ def parse_ndjson_line(
     service = _optional_text(line, "service.name") or default_service
     if not service:
         raise ParameterError("service.name", "required (or pass ?service= for the whole body)")
+    if len(service) > MAX_SERVICE_CHARS:
+        raise ParameterError("service.name", f"at most {MAX_SERVICE_CHARS} characters")
     raw_level = _lookup(line, "log.level")
     if raw_level is None:
         level = "INFO"

@@ -91,3 +91,10 @@ def test_logs_become_ecs_documents_in_daily_indices() -> None:
 def test_invalid_log_level_is_rejected() -> None:
     with pytest.raises(RecordRejected, match="level"):
         validate_record(log_record(level="LOUD"))
+
+
+def test_a_log_service_name_must_fit_an_index_name() -> None:
+    validate_record(log_record(service="s" * 100))
+    with pytest.raises(RecordRejected, match="at most 100") as caught:
+        validate_record(log_record(service="s" * 101))
+    assert caught.value.field == "service"

@@ -391,6 +391,7 @@ def test_ndjson_lines_with_dotted_or_nested_ecs_names_become_records() -> None:
         ("[1, 2]", "line"),
         ('{"service.name":"a"}', "message"),
         ('{"message":"x"}', "service.name"),
+        ('{"message":"x","service.name":"' + "s" * 101 + '"}', "service.name"),
         ('{"message":"x","service.name":"a","log.level":"LOUD"}', "log.level"),
         ('{"message":"x","service.name":"a","@timestamp":"soon"}', "@timestamp"),
         ('{"message":"x","service.name":"a","labels":[1]}', "labels"),
