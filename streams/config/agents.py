@@ -94,21 +94,27 @@ def register(runtime: Runtime) -> None:
 def _register_check(runtime: Runtime, topic: str, agent: str) -> None:
     """An agent that dead-letters the records of `topic` that no client could be served from.
 
-    Tombstones are legitimate on these compacted topics and pass; `decoded_batches` would
-    reject them, so the loop is spelled out here. After a dead letter the offsets up to it are
-    committed at once (bad records are rare): the worker's `stream_wait_empty=False` means a
-    rebalance does not commit first, and the next owner would dead-letter the record again.
+    Tombstones are legitimate on the compacted topics and pass there (`decoded_batches` would
+    reject them, so the loop is spelled out here); on the history, never compacted, a record
+    without a value is dead-lettered like any undecodable one. After a dead letter the offsets
+    up to it are committed at once (bad records are rare): the worker's `stream_wait_empty=False`
+    means a rebalance does not commit first, and the next owner would dead-letter it again.
     """
+
+    tombstones_allowed = "compact" in runtime.topology.topic(topic).cleanup
 
     async def check(stream):  # type: ignore[no-untyped-def]
         liveness = runtime.agent_liveness(agent)
         async for events in stream.take_events(1000, 0.2):
             rejected = 0
             for event in events:
-                if event.message.value is None:
+                value = event.message.value
+                if value is None and tombstones_allowed:
                     continue
                 try:
-                    validate_release(runtime.codec.decode(event.message.value, RELEASE_SCHEMA))
+                    if value is None:
+                        raise CodecError(f"no value: {topic} is not compacted, so no tombstones")
+                    validate_release(runtime.codec.decode(value, RELEASE_SCHEMA))
                 except (CodecError, RecordRejected) as error:
                     rejected += 1
                     await runtime.dead_letter(event, agent, error.error_type, str(error))
