@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from connectors.mappings import KEYWORD
 from streams.errors import RecordRejected, StackstreamError
 
 DEFAULT_CLUSTER = "default"
@@ -801,15 +802,15 @@ def audit_document_id_parts(event: Mapping[str, Any]) -> tuple[str, ...]:
 AUDIT_MAPPINGS: dict[str, Any] = {
     "properties": {
         "@timestamp": {"type": "date", "format": "epoch_millis"},
-        "action": {"type": "keyword"},
-        "actor": {"type": "keyword"},
-        "app_id": {"type": "keyword"},
-        "cluster": {"type": "keyword"},
-        "namespace": {"type": "keyword"},
+        "action": KEYWORD,
+        "actor": KEYWORD,
+        "app_id": KEYWORD,
+        "cluster": KEYWORD,
+        "namespace": KEYWORD,
         "details": {"type": "object", "dynamic": True},
-        "source_ip": {"type": "keyword"},
+        "source_ip": KEYWORD,
         "success": {"type": "boolean"},
-        "request_id": {"type": "keyword"},
+        "request_id": KEYWORD,
     }
 }
 

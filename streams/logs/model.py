@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from connectors.mappings import KEYWORD, KEYWORD_IGNORE_ABOVE
 from streams.errors import RecordRejected, StackstreamError
 from streams.sdk.masking import DEFAULT_SECRET_PATTERNS, MASKED_AT_SOURCE_LABEL, SecretMasker
 
@@ -41,20 +42,20 @@ ECS_MAPPINGS: dict[str, Any] = {
     "properties": {
         "@timestamp": {"type": "date_nanos"},
         "message": {"type": "text"},
-        "log": {"properties": {"level": {"type": "keyword"}, "logger": {"type": "keyword"}}},
-        "service": {"properties": {"name": {"type": "keyword"}}},
-        "host": {"properties": {"name": {"type": "keyword"}}},
-        "trace": {"properties": {"id": {"type": "keyword"}}},
-        "span": {"properties": {"id": {"type": "keyword"}}},
+        "log": {"properties": {"level": KEYWORD, "logger": KEYWORD}},
+        "service": {"properties": {"name": KEYWORD}},
+        "host": {"properties": {"name": KEYWORD}},
+        "trace": {"properties": {"id": KEYWORD}},
+        "span": {"properties": {"id": KEYWORD}},
         "error": {
             "properties": {
-                "type": {"type": "keyword"},
+                "type": KEYWORD,
                 "message": {"type": "text"},
                 "stack_trace": {"type": "text", "index": False},
             }
         },
-        "labels": {"type": "flattened"},
-        "tags": {"type": "keyword"},
+        "labels": {"type": "flattened", "ignore_above": KEYWORD_IGNORE_ABOVE},
+        "tags": KEYWORD,
         "event": {"properties": {"sequence": {"type": "long"}}},
     },
 }

@@ -6,6 +6,7 @@ import pytest
 
 from connectors.cassandra import CassandraSink, CassandraSinkError, TableDefinition
 from connectors.elasticsearch import Document, ElasticsearchSink
+from connectors.mappings import KEYWORD
 from connectors.retry import stable_id
 from streams.settings import Settings
 
@@ -43,6 +44,38 @@ async def test_bulk_writes_are_idempotent_and_rejects_are_reported(
         )
         hits = await sink.search(index, {"term": {"n": 7}})
         assert [hit["text"] for hit in hits] == ["line 7"]
+    finally:
+        await sink.delete_indices(f"{index}*")
+        await sink.close()
+
+
+async def test_an_overlong_keyword_value_is_kept_but_not_indexed(
+    elasticsearch: str, unique: str
+) -> None:
+    """A plain keyword field refuses a 100 KB value (Lucene's 32,766-byte term limit) and with it
+    the whole document; the shared KEYWORD mapping keeps the document."""
+    index = f"{unique.replace('_', '-')}-long"
+    sink = ElasticsearchSink(elasticsearch, refresh=True)
+    try:
+        await sink.ensure_template(
+            f"{index}-template",
+            [f"{index}*"],
+            {"properties": {"plain": {"type": "keyword"}, "bounded": KEYWORD}},
+            {"number_of_replicas": 0},
+        )
+        long_value = "x" * 100_000
+        refused = await sink.write([Document(index, "plain", {"plain": long_value})])
+        assert refused.written == 0 and "plain" in refused.rejected[0].reason
+        kept = await sink.write(
+            [
+                Document(index, "bounded", {"bounded": long_value}),
+                Document(index, "b", {"bounded": "b"}),
+            ]
+        )
+        assert kept.written == 2 and not kept.rejected
+        hits = await sink.search(index, {"ids": {"values": ["bounded"]}})
+        assert hits[0]["bounded"] == long_value, "the value stays in _source"
+        assert await sink.search(index, {"term": {"bounded": "b"}}), "short values stay terms"
     finally:
         await sink.delete_indices(f"{index}*")
         await sink.close()
