@@ -4,6 +4,7 @@
 cardinality guard, writes raw points (with their retention TTL), then the row-key and string
 indexes, minute and hour rollups and the per-partition rollup progress. Offsets are committed
 after all of it is in Cassandra, so a crash replays the batch into the same rows.
+`sinks.deletes_to_cassandra` applies KairosDB deletes from `metrics.deletes` (deleter.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from connectors.cassandra import CassandraSink
 from streams.bus.batching import BatchItem
 from streams.metrics import api
-from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
+from streams.metrics.deleter import DeleteApplier
+from streams.metrics.deletes import validate_delete
+from streams.metrics.events import DELETE_SCHEMA, DELETES_TOPIC, POINT_SCHEMA, POINTS_TOPIC
 from streams.metrics.model import (
     CardinalityExceeded,
     MetricSeries,
@@ -43,10 +46,14 @@ from streams.metrics.tables import (
     ROLLUP_PROGRESS,
     ROLLUPS_HOUR,
     ROLLUPS_MINUTE,
+    ROLLUPS_MINUTE_PACKED,
     ROW_KEYS,
     STRING_INDEX,
     TAG_NAMES,
     TAG_VALUES,
+    packed_row,
+    partition_order,
+    rollup_row,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +62,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TRACK_LATEST = "metrics.track_latest"
 POINTS_TO_CASSANDRA = "sinks.points_to_cassandra"
+DELETES_TO_CASSANDRA = "sinks.deletes_to_cassandra"
+# Rows of one Cassandra partition go as UNLOGGED batches of about this size: one request for
+# many rows (server warns above 5 KiB by default, fails at 50 KiB).
+PARTITION_BATCH_BYTES = 16_384
 
 
 @dataclass
@@ -83,14 +94,20 @@ def register(runtime: Runtime) -> None:
         async for batch in runtime.decoded_batches(
             stream, TRACK_LATEST, POINT_SCHEMA, validate=validate_point
         ):
+            # One table write (and changelog record) per series per batch, not per point.
+            newest_in_batch: dict[str, Any] = {}
             for item in batch:
                 point = item.record
                 if not latest_guard.admits(point):
                     continue
                 key = series_key(point["name"], point["tags"])
-                if newest(latest.get(key), point):
+                best = newest_in_batch.get(key)
+                if newest(best.record if best is not None else None, point):
+                    newest_in_batch[key] = item
+            for key, item in newest_in_batch.items():
+                if newest(latest.get(key), item.record):
                     as_current_event(item)
-                    latest[key] = latest_entry(point)
+                    latest[key] = latest_entry(item.record)
 
     settings = runtime.settings
     sink = CassandraSink(
@@ -111,6 +128,15 @@ def register(runtime: Runtime) -> None:
     )
     async def points_to_cassandra(batch: list[BatchItem]) -> None:
         await writer.write(batch)
+
+    deleter = DeleteApplier(store, writer)
+
+    @runtime.batch_agent(
+        DELETES_TO_CASSANDRA, DELETES_TOPIC, DELETE_SCHEMA, validate=validate_delete
+    )
+    async def deletes_to_cassandra(batch: list[BatchItem]) -> None:
+        for item in batch:
+            await deleter.apply(item.record)
 
     @runtime.app.on_before_shutdown.connect
     async def close_sink(app: object, **kwargs: object) -> None:
@@ -170,6 +196,20 @@ class PointWriter:
         self.indexed_strings: set[tuple[str, str]] = set()
         self.indexed_rows: set[tuple[str, int, str]] = set()
         self.stats = MetricsStats()
+        # Held while a batch is written or a delete applied, so neither sees the other half done.
+        self.lock = asyncio.Lock()
+
+    def forget_series(self, series: set[SeriesId], start: int, end: int) -> None:
+        """A delete changed these series in [start, end]: rollup memory is read again."""
+        for state in self.rollups.values():
+            state.forget(series, start, end)
+        self.indexed_rows = {key for key in self.indexed_rows if (key[0], key[2]) not in series}
+
+    def forget_metric(self, metric: str) -> None:
+        """A metric was deleted: its series count starts again and its name is indexed anew."""
+        self.series.pop(metric, None)
+        self.metric_partition.pop(metric, None)
+        self.indexed_strings.discard((METRIC_NAMES, metric))
 
     async def forget(self, partitions: list[int]) -> None:
         """Partitions went to another worker: what it writes there is no longer known here."""
@@ -182,6 +222,10 @@ class PointWriter:
 
     async def write(self, batch: list[BatchItem]) -> None:
         await self.store.open()
+        async with self.lock:
+            await self._write(batch)
+
+    async def _write(self, batch: list[BatchItem]) -> None:
         accepted, changed_metrics = await self._guard(batch)
         sink = self.store.sink
         by_ttl: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -189,7 +233,10 @@ class PointWriter:
             record = item.record
             by_ttl[record["ttl_seconds"] or self.retention].append(raw_point_row(record))
         for ttl, rows in by_ttl.items():
-            await sink.upsert(RAW_POINTS.name, rows, ttl_seconds=ttl)
+            rows.sort(key=partition_order)
+            await sink.upsert(
+                RAW_POINTS.name, rows, ttl_seconds=ttl, partition_batch_bytes=PARTITION_BATCH_BYTES
+            )
         await asyncio.gather(
             self._write_indexes(accepted),
             self._write_rollups(accepted),
@@ -293,12 +340,21 @@ class PointWriter:
             state.load_hour(key, minutes)
         changes = state.apply(points)
         self.stats.late_points += changes.late_points
-        minute_rows = [_rollup_row(key, aggregate) for key, aggregate in changes.minutes.items()]
-        hour_rows = [_rollup_row(key, aggregate) for key, aggregate in changes.hours.items()]
+        minute_rows = [rollup_row(key, aggregate) for key, aggregate in changes.minutes.items()]
+        hour_rows = [rollup_row(key, aggregate) for key, aggregate in changes.hours.items()]
+        packed_rows = [packed_row(key, minutes) for key, minutes in changes.hour_minutes.items()]
+        for rows in (minute_rows, hour_rows, packed_rows):
+            rows.sort(key=partition_order)
         sink = self.store.sink
         await asyncio.gather(
-            sink.upsert(ROLLUPS_MINUTE.name, minute_rows),
-            sink.upsert(ROLLUPS_HOUR.name, hour_rows),
+            *(
+                sink.upsert(table.name, rows, partition_batch_bytes=PARTITION_BATCH_BYTES)
+                for table, rows in (
+                    (ROLLUPS_MINUTE, minute_rows),
+                    (ROLLUPS_HOUR, hour_rows),
+                    (ROLLUPS_MINUTE_PACKED, packed_rows),
+                )
+            )
         )
         await sink.upsert(
             ROLLUP_PROGRESS.name,
@@ -324,10 +380,3 @@ class PointWriter:
                 }
             )
         await self.store.sink.upsert(CARDINALITY.name, rows)
-
-
-def _rollup_row(key: tuple[SeriesId, int], aggregate: Any) -> dict[str, Any]:
-    (metric, tags), start = key
-    return {"metric": metric, "row_time": row_time(start), "tags": tags, "ts": start} | (
-        aggregate.row()
-    )

@@ -12,15 +12,17 @@ import json
 import logging
 import time
 import urllib.parse
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from faust.web import View
 
 from streams.app import routed_or_unavailable
 from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
-from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
+from streams.metrics.deletes import delete_records, whole_metric_record
+from streams.metrics.events import DELETE_SCHEMA, DELETES_TOPIC, POINT_SCHEMA, POINTS_TOPIC
 from streams.metrics.ingest import KairosErrors, decompress, parse_datapoints, parse_put
-from streams.metrics.model import cardinality_level
+from streams.metrics.model import cardinality_level, tags_from_text
 from streams.metrics.query import answer_metric, parse_query, plan_metric, tags_answer
 from streams.metrics.tables import METRIC_NAMES, TAG_NAMES, TAG_VALUES
 
@@ -117,12 +119,12 @@ def register(
         answers = []
         for metric in query.metrics:
             plan = plan_metric(metric, query.start, query.end)
-            texts = await store.series_tags(metric.name, query.start, query.end)
-            series = [
-                data
-                for data in await store.series_data(metric.name, texts, plan)
-                if metric.matches(data.tags)
+            texts = [
+                text
+                for text in await store.series_tags(metric.name, query.start, query.end)
+                if metric.matches(tags_from_text(text))
             ]
+            series = await store.series_data(metric.name, texts, plan)
             answers.append(answer_metric(metric, query.start, query.end, series))
         return {"queries": answers}
 
@@ -150,6 +152,44 @@ def register(
                 return self.kairos(await run_query(json_document(urllib.parse.unquote(raw))))
             except KairosErrors as problem:
                 return self.errors(problem)
+
+    async def send_deletes(records: list[dict[str, Any]]) -> None:
+        requested_ms = int(time.time() * 1000)
+        await asyncio.gather(
+            *(
+                runtime.send(
+                    DELETES_TOPIC,
+                    record["metric"],
+                    DELETE_SCHEMA,
+                    record | {"delete_id": str(uuid.uuid4()), "requested_ms": requested_ms},
+                )
+                for record in records
+            )
+        )
+
+    @app.page("/api/v1/datapoints/delete")
+    class DeleteDatapoints(KairosView):
+        """KairosDB `POST /api/v1/datapoints/delete`: a query body; 204 once the delete is on
+        the bus (the agent applies it to points and rollups moments later)."""
+
+        async def post(self, request: Any) -> Any:
+            try:
+                document = json_document(await request.read())
+                records = delete_records(document, int(time.time() * 1000))
+            except KairosErrors as problem:
+                return self.errors(problem)
+            await send_deletes(records)
+            return self.no_content()
+
+    @app.page("/api/v1/metric/{name}")
+    class DeleteMetric(KairosView):
+        """KairosDB `DELETE /api/v1/metric/{name}`: every point, series and the name."""
+
+        async def delete(self, request: Any, name: str) -> Any:
+            if not name.strip():
+                return self.errors(KairosErrors(["metricName may not be empty"]))
+            await send_deletes([whole_metric_record(name)])
+            return self.no_content()
 
     @app.page("/api/v1/datapoints/query/tags")
     class QueryTags(KairosView):
@@ -387,6 +427,34 @@ def _document(runtime: Runtime) -> None:
             },
             "kairosdb",
         )
+    openapi.add(
+        "/api/v1/datapoints/delete",
+        {
+            "post": {
+                "summary": "delete the points of the query's series in its time range; 204 after "
+                "the broker ack of the delete event (applied to points and rollups moments later)",
+                "requestBody": query_body,
+                "responses": {"204": no_content, "400": KAIROS_ERROR},
+            },
+            "options": {"summary": "CORS preflight", "responses": {"204": no_content}},
+        },
+        "kairosdb",
+    )
+    openapi.add(
+        "/api/v1/metric/{name}",
+        {
+            "delete": {
+                "summary": "delete a metric: all its points, series and its name; 204 after the "
+                "broker ack of the delete event",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"204": no_content, "400": KAIROS_ERROR},
+            },
+            "options": {"summary": "CORS preflight", "responses": {"204": no_content}},
+        },
+        "kairosdb",
+    )
     openapi.add(
         "/api/v1/version",
         {"get": {"summary": "version", "responses": {"200": json_response("`{version}`")}}},

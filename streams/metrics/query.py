@@ -18,6 +18,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
+from streams.metrics.columns import (
+    COLUMNAR_AGGREGATORS,
+    FIELDS_OF_AGGREGATOR,
+    Columns,
+    aggregator_values,
+    merge_by_bucket,
+)
 from streams.metrics.ingest import KairosErrors
 from streams.metrics.rollup import HOUR_MS, MINUTE_MS, Aggregate
 
@@ -364,12 +373,17 @@ def _aggregator(raw: Any, where: str) -> AggregatorSpec:
 
 @dataclass(frozen=True)
 class Plan:
-    """Where to read: raw ranges, whole minutes and whole hours (inclusive ms bounds)."""
+    """Where to read: raw ranges, whole minutes and whole hours (inclusive ms bounds).
+
+    `fields` are the aggregate fields the first aggregator needs (see columns.py); empty when
+    the rollups must be read whole, with their sketches (percentile).
+    """
 
     raw: tuple[tuple[int, int], ...]
     minutes: tuple[tuple[int, int], ...] = ()
     hours: tuple[tuple[int, int], ...] = ()
     needs_sketch: bool = False
+    fields: frozenset[str] = frozenset()
 
     @property
     def uses_rollups(self) -> bool:
@@ -396,12 +410,13 @@ def plan_metric(metric: MetricQuery, start: int, end: int) -> Plan:
         return everything
     raw = _ranges([(start, first_minute - 1), (end_minute, end)])
     sketch = first.name == "percentile"
+    fields = FIELDS_OF_AGGREGATOR.get(first.name, frozenset())
     first_hour = -(-first_minute // HOUR_MS) * HOUR_MS
     end_hour = end_minute // HOUR_MS * HOUR_MS
     if buckets.aligned_to(HOUR_MS) and first_hour < end_hour:
         minutes = _ranges([(first_minute, first_hour - 1), (end_hour, end_minute - 1)])
-        return Plan(raw, minutes, ((first_hour, end_hour - 1),), sketch)
-    return Plan(raw, ((first_minute, end_minute - 1),), (), sketch)
+        return Plan(raw, minutes, ((first_hour, end_hour - 1),), sketch, fields)
+    return Plan(raw, ((first_minute, end_minute - 1),), (), sketch, fields)
 
 
 def _ranges(candidates: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -413,15 +428,21 @@ def _ranges(candidates: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...
 
 @dataclass
 class SeriesData:
-    """What the store read for one series: raw points and rollup pieces (bucket start, agg)."""
+    """What the store read for one series: raw points and rollup pieces.
+
+    Pieces come as objects (piece start, Aggregate), with sketches, or as arrays (`columns`)
+    with only the fields the plan needs.
+    """
 
     tags: dict[str, str]
     points: list[tuple[int, float]] = field(default_factory=list)
     pieces: list[tuple[int, Aggregate]] = field(default_factory=list)
+    columns: Columns | None = None
 
     @property
     def sample_size(self) -> int:
-        return len(self.points) + sum(piece.count for _, piece in self.pieces)
+        rolled = self.columns.sample_size if self.columns is not None else 0
+        return len(self.points) + sum(piece.count for _, piece in self.pieces) + rolled
 
 
 Points = list[tuple[int, float]]
@@ -520,6 +541,7 @@ def _aggregate_group(
         key=lambda point: point[0],
     )
     pieces = [piece for data, _ in members for piece in data.pieces]
+    columns = [data.columns for data, _ in members if data.columns is not None]
     aggregators = list(metric.aggregators)
     if not aggregators:
         if metric.order == "desc":
@@ -534,7 +556,7 @@ def _aggregate_group(
     points.sort(key=lambda point: point[0])
     first = aggregators.pop(0)
     if first.is_range:
-        series = range_aggregate(first, start, points, pieces)
+        series = range_aggregate(first, start, points, pieces, columns)
     else:
         series = apply_aggregator(first, start, points)
     for aggregator in aggregators:
@@ -556,8 +578,16 @@ def range_aggregate(
     start: int,
     points: Points,
     pieces: Sequence[tuple[int, Aggregate]] = (),
+    columns: Sequence[Columns] = (),
 ) -> Points:
-    """A range aggregator over points and rollup pieces whose bucket is known by their start."""
+    """A range aggregator over points and rollup pieces whose bucket is known by their start.
+
+    Percentile and least_squares merge objects (sketches, points); the others merge arrays.
+    """
+    if spec.name in COLUMNAR_AGGREGATORS:
+        return _range_aggregate_columns(spec, start, points, pieces, columns)
+    if columns:
+        raise ValueError(f"{spec.name} needs rollups with sketches, not columns")
     buckets = spec.buckets(start)
     by_bucket: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for timestamp, value in points:
@@ -566,13 +596,12 @@ def range_aggregate(
     for piece_start, piece in pieces:
         piece_buckets[buckets.start_of(piece_start)].append(piece)
     output: Points = []
-    sketch = spec.name == "percentile"
     for bucket in sorted(set(by_bucket) | set(piece_buckets)):
         bucket_points = by_bucket.get(bucket, [])
         if spec.name == "least_squares":
             output.extend(_least_squares(bucket_points))
             continue
-        aggregate = Aggregate.of_points(bucket_points, with_sketch=sketch)
+        aggregate = Aggregate.of_points(bucket_points)
         for piece in piece_buckets.get(bucket, ()):
             aggregate.merge(piece)
         if aggregate.count == 0:
@@ -583,29 +612,45 @@ def range_aggregate(
             timestamp = buckets.end_of(bucket)
         else:
             timestamp = aggregate.first_ts
-        output.append((timestamp, _range_value(spec, aggregate)))
+        output.append((timestamp, aggregate.quantile(spec.percentile)))
     return output
 
 
-def _range_value(spec: AggregatorSpec, aggregate: Aggregate) -> float:
-    name = spec.name
-    if name == "avg":
-        return aggregate.mean
-    if name == "sum":
-        return aggregate.total
-    if name == "min":
-        return aggregate.minimum
-    if name == "max":
-        return aggregate.maximum
-    if name == "count":
-        return aggregate.count
-    if name == "first":
-        return aggregate.first_value
-    if name == "last":
-        return aggregate.last_value
-    if name == "dev":
-        return aggregate.std_dev()
-    return aggregate.quantile(spec.percentile)
+def _range_aggregate_columns(
+    spec: AggregatorSpec,
+    start: int,
+    points: Points,
+    pieces: Sequence[tuple[int, Aggregate]],
+    columns: Sequence[Columns],
+) -> Points:
+    fields = FIELDS_OF_AGGREGATOR[spec.name]
+    parts = [*columns]
+    if points:
+        parts.append(Columns.of_points(points))
+    if pieces:
+        parts.append(Columns.of_aggregates(pieces))
+    merged_input = Columns.concat(parts, fields)
+    buckets = spec.buckets(start)
+    merged = merge_by_bucket(merged_input, _bucket_starts(buckets, merged_input.start), fields)
+    values = aggregator_values(spec.name, merged).tolist()
+    if spec.align_start_time:
+        stamps = merged.buckets.tolist()
+    elif spec.align_end_time:
+        if buckets.width_ms is not None:
+            stamps = (merged.buckets + buckets.width_ms).tolist()
+        else:
+            stamps = [buckets.end_of(bucket) for bucket in merged.buckets.tolist()]
+    else:
+        stamps = merged.fields["first_ts"].tolist()
+    return list(zip(stamps, values, strict=True))
+
+
+def _bucket_starts(buckets: Buckets, starts: np.ndarray) -> np.ndarray:
+    if buckets.width_ms is not None:
+        return buckets.origin + (starts - buckets.origin) // buckets.width_ms * buckets.width_ms
+    distinct, where = np.unique(starts, return_inverse=True)
+    mapped = np.fromiter((buckets.start_of(t) for t in distinct.tolist()), np.int64, len(distinct))
+    return mapped[where]
 
 
 def _least_squares(points: Points) -> Points:

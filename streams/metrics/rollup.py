@@ -9,7 +9,7 @@ single raw point is a one-point aggregate, which is how raw and rolled-up answer
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,11 +199,15 @@ class SeriesMinute:
 
 @dataclass
 class RollupChanges:
-    """What one batch changed: minute and hour rows to upsert, and the late points it had."""
+    """What one batch changed: minute and hour rows to upsert, and the late points it had.
+
+    `hour_minutes` holds every minute aggregate of each changed hour (for packed minute rows).
+    """
 
     minutes: dict[tuple[SeriesId, int], Aggregate]
     hours: dict[tuple[SeriesId, int], Aggregate]
     late_points: int
+    hour_minutes: dict[tuple[SeriesId, int], dict[int, Aggregate]] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,6 +232,8 @@ class PartitionRollups:
         default_factory=dict
     )
     late_points: int = 0
+    reload_minutes: set[tuple[SeriesId, int]] = field(default_factory=set)
+    reload_hours: set[tuple[SeriesId, int]] = field(default_factory=set)
 
     @property
     def watermark(self) -> int:
@@ -244,7 +250,7 @@ class PartitionRollups:
             key = (series, minute)
             if key in self.open_minutes:
                 continue
-            if minute <= self.known_until or self.is_closed(minute):
+            if minute <= self.known_until or self.is_closed(minute) or key in self.reload_minutes:
                 wanted.add(key)
         return wanted
 
@@ -257,19 +263,44 @@ class PartitionRollups:
             hour = hour_of(minute)
             if (series, hour) in self.hour_parts:
                 continue
-            if hour <= self.known_until or hour + HOUR_MS <= self.watermark:
+            if (
+                hour <= self.known_until
+                or hour + HOUR_MS <= self.watermark
+                or (series, hour) in self.reload_hours
+            ):
                 wanted.add((series, hour))
         return wanted
 
     def load_minute(self, key: tuple[SeriesId, int], points: Iterable[tuple[int, float]]) -> None:
         """Points of a series-minute read from the raw store (before this batch is applied)."""
         self.open_minutes[key] = SeriesMinute(dict(points))
+        self.reload_minutes.discard(key)
 
     def load_hour(self, key: tuple[SeriesId, int], minutes: Mapping[int, Aggregate]) -> None:
         """Minute aggregates of a series-hour read from the rollup store."""
         parts = self.hour_parts.setdefault(key, {})
         for minute, aggregate in minutes.items():
             parts.setdefault(minute, aggregate)
+        self.reload_hours.discard(key)
+
+    def forget(self, series: Collection[SeriesId], start: int, end: int) -> None:
+        """Drop what memory holds of `series` around [start, end]: a delete changed the store.
+
+        The dropped minutes and hours are read again from the store when next touched.
+        """
+        for key in [
+            k
+            for k in self.open_minutes
+            if k[0] in series and _overlaps(k[1], MINUTE_MS, start, end)
+        ]:
+            del self.open_minutes[key]
+            self.reload_minutes.add(key)
+        for key in [
+            k for k in self.hour_parts if k[0] in series and _overlaps(k[1], HOUR_MS, start, end)
+        ]:
+            del self.hour_parts[key]
+            self.hour_closed.pop(key, None)
+            self.reload_hours.add(key)
 
     def apply(self, points: Iterable[tuple[SeriesId, int, float]]) -> RollupChanges:
         """Apply (series, timestamp, value) points in offset order; returns the rows to write."""
@@ -294,9 +325,10 @@ class PartitionRollups:
                 del self.hour_closed[hour_key]
             touched_hours.add(hour_key)
         hours = {key: self._hour(key) for key in touched_hours}
+        hour_minutes = {key: dict(self.hour_parts[key]) for key in touched_hours}
         self.late_points += late
         self._close()
-        return RollupChanges(minutes, hours, late)
+        return RollupChanges(minutes, hours, late, hour_minutes)
 
     def _hour(self, key: tuple[SeriesId, int]) -> Aggregate:
         """Merge of the hour's minutes; closed minutes are merged once and kept merged."""
@@ -322,6 +354,12 @@ class PartitionRollups:
         for key in [k for k in self.hour_parts if k[1] + HOUR_MS <= watermark]:
             del self.hour_parts[key]
             self.hour_closed.pop(key, None)
+        self.reload_minutes = {k for k in self.reload_minutes if k[1] + MINUTE_MS > watermark}
+        self.reload_hours = {k for k in self.reload_hours if k[1] + HOUR_MS > watermark}
+
+
+def _overlaps(begin: int, width: int, start: int, end: int) -> bool:
+    return begin <= end and begin + width - 1 >= start
 
 
 def merge_all(aggregates: Iterable[Aggregate]) -> Aggregate:

@@ -6,7 +6,12 @@ Raw points, rollups and the row-key index share KairosDB's partitioning: metric 
 
 from __future__ import annotations
 
+from typing import Any
+
 from connectors.cassandra import TableDefinition
+from streams.metrics.columns import PACKED_COLUMNS, PACKED_OFFSETS, pack_minutes
+from streams.metrics.model import row_time
+from streams.metrics.rollup import Aggregate, SeriesId
 
 LATEST_TABLE = "metrics.latest"
 
@@ -49,6 +54,16 @@ def _rollup_table(name: str) -> TableDefinition:
 
 ROLLUPS_MINUTE = _rollup_table("rollups_1m")
 ROLLUPS_HOUR = _rollup_table("rollups_1h")
+
+# The minute rollups of one series-hour packed into one row, one array per field (see
+# columns.pack_minutes), without sketches: what non-percentile queries read, 24 rows a day.
+ROLLUPS_MINUTE_PACKED = TableDefinition(
+    name="rollups_1m_packed",
+    columns={"metric": "text", "row_time": "bigint", "tags": "text", "ts": "bigint"}
+    | {column: "blob" for column in (PACKED_OFFSETS[0], *(c for c, _ in PACKED_COLUMNS.values()))},
+    partition_key=("metric", "row_time", "tags"),
+    clustering=("ts",),
+)
 
 # KairosDB's row_keys: which tag sets a metric has in each three-week row.
 ROW_KEYS = TableDefinition(
@@ -100,9 +115,31 @@ ALL_TABLES = (
     RAW_POINTS,
     ROLLUPS_MINUTE,
     ROLLUPS_HOUR,
+    ROLLUPS_MINUTE_PACKED,
     ROW_KEYS,
     STRING_INDEX,
     METRIC_SERIES,
     CARDINALITY,
     ROLLUP_PROGRESS,
 )
+
+
+def rollup_row(key: tuple[SeriesId, int], aggregate: Aggregate) -> dict[str, Any]:
+    """The rollups_1m or rollups_1h row of one series-minute or series-hour."""
+    (metric, tags), start = key
+    return {"metric": metric, "row_time": row_time(start), "tags": tags, "ts": start} | (
+        aggregate.row()
+    )
+
+
+def packed_row(key: tuple[SeriesId, int], minutes: dict[int, Aggregate]) -> dict[str, Any]:
+    """The rollups_1m_packed row of one series-hour from its minute aggregates."""
+    (metric, tags), hour = key
+    return {"metric": metric, "row_time": row_time(hour), "tags": tags, "ts": hour} | (
+        pack_minutes(hour, minutes)
+    )
+
+
+def partition_order(row: dict[str, Any]) -> tuple[str, int, str, int]:
+    """Rows of one Cassandra partition next to each other, so they go as one batch."""
+    return (row["metric"], row["row_time"], row["tags"], row["ts"])

@@ -181,3 +181,106 @@ def test_ingest_query_rollups_indexes_and_cardinality(
         ]
         _, document = get_json(f"http://127.0.0.1:{settings.web_port}/openapi.json")
         assert "/api/v1/datapoints/query" in document["paths"]
+
+
+def _delete(url: str) -> int:
+    request = urllib.request.Request(url, method="DELETE")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
+def test_delete_by_query_and_delete_metric_reach_points_and_rollups(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings.model_copy(
+        update={"domains": "bus,metrics", "metrics_telnet_port": 0, "metrics_rollup_grace_s": 0.0}
+    )
+    apply_topics(settings)
+    log_path = tmp_path / "worker.log"
+    base = f"http://127.0.0.1:{settings.web_port}/api/v1"
+    metric = "demo.queue.depth"
+    points = {
+        host: [[T0 + i * 10_000, float((i * 11 + offset) % 37)] for i in range(810)]
+        for host, offset in (("web1", 0), ("web2", 5))
+    }
+    body = [
+        {"name": metric, "tags": {"host": host}, "datapoints": ps} for host, ps in points.items()
+    ]
+    body.append({"name": "demo.doomed", "tags": {"host": "web1"}, "datapoints": [[T0, 1.0]]})
+    # Partial first hour (from 20 min 25 s), a whole hour, partial third hour (to 5 min 5 s).
+    start, end = T0 + 20 * 60_000 + 25_000, T0 + 2 * 3_600_000 + 5 * 60_000 + 5_000
+    deleted = sum(1 for t, _ in points["web1"] if start <= t <= end)
+
+    def query(aggregators: list, **extra: Any) -> dict:
+        document = {
+            "start_absolute": T0,
+            "end_absolute": T0 + 810 * 10_000,
+            "metrics": [
+                {
+                    "name": metric,
+                    "group_by": [{"name": "tag", "tags": ["host"]}],
+                    "aggregators": aggregators,
+                    **extra,
+                }
+            ],
+        }
+        status, answer = _post(f"{base}/datapoints/query", document)
+        assert status == 200, answer
+        return answer["queries"][0]
+
+    daily_count = [{"name": "count", "sampling": {"value": 1, "unit": "days"}}]
+    with running_worker(settings, log_path):
+        eventually(lambda: get_json(f"{base}/version")[0] == 200, 60, "worker up", log_path)
+        assert _post(f"{base}/datapoints", body)[0] == 204
+        eventually(lambda: query(daily_count)["sample_size"] == 1620, 90, "1,620 points", log_path)
+
+        status, problem = _post(f"{base}/datapoints/delete", {"metrics": [{"name": metric}]})
+        assert status == 400
+        assert problem == {"errors": ["query.start_time relative or absolute time must be set"]}
+        status, _ = _post(
+            f"{base}/datapoints/delete",
+            {
+                "start_absolute": start,
+                "end_absolute": end,
+                "metrics": [{"name": metric, "tags": {"host": ["web1"]}}],
+            },
+        )
+        assert status == 204
+        eventually(
+            lambda: query(daily_count)["sample_size"] == 1620 - deleted,
+            90,
+            f"{deleted} points of web1 deleted",
+            log_path,
+        )
+        raw = query([])
+        web1, web2 = raw["results"]
+        assert [t for t, _ in web1["values"]] == [
+            t for t, _ in points["web1"] if not start <= t <= end
+        ]
+        assert web2["values"] == [[t, int(v)] for t, v in points["web2"]]
+        for sampling in ({"value": 1, "unit": "minutes"}, {"value": 1, "unit": "hours"}):
+            for name in ("avg", "sum", "min", "max", "count", "first", "last", "dev", "percentile"):
+                aggregator = {"name": name, "percentile": 0.5, "sampling": sampling}
+                from_rollups = query([aggregator])
+                from_raw = query([aggregator], limit=100_000)  # a limit forces raw points
+                assert from_rollups["sample_size"] == from_raw["sample_size"] == 1620 - deleted
+                for left, right in zip(from_rollups["results"], from_raw["results"], strict=True):
+                    assert [t for t, _ in left["values"]] == [t for t, _ in right["values"]]
+                    assert [v for _, v in left["values"]] == pytest.approx(
+                        [v for _, v in right["values"]], rel=1e-9
+                    ), (name, sampling)
+
+        assert _delete(f"{base}/metric/demo.doomed") == 204
+
+        def doomed_gone() -> bool:
+            names = get_json(f"{base}/metricnames")[1]["results"]
+            _, answer = _post(
+                f"{base}/datapoints/query",
+                {"start_absolute": T0, "metrics": [{"name": "demo.doomed"}]},
+            )
+            return "demo.doomed" not in names and answer["queries"][0]["sample_size"] == 0
+
+        eventually(doomed_gone, 60, "demo.doomed deleted", log_path)
+        assert metric in get_json(f"{base}/metricnames")[1]["results"]
+        _, document = get_json(f"http://127.0.0.1:{settings.web_port}/openapi.json")
+        assert {"/api/v1/datapoints/delete", "/api/v1/metric/{name}"} <= set(document["paths"])

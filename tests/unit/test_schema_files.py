@@ -294,6 +294,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "tags": {"host": "orders-1", "uri": "/orders/pay"},
         "ttl_seconds": 0,
     },
+    "metric_delete": {
+        "delete_id": "5f0c3e52-5a4b-4d43-9d0e-2b8f9c1a7e11",
+        "metric": "http.server.requests",
+        "start_ms": T0_MS - 3_600_000,
+        "end_ms": T0_MS,
+        "tags": {"host": ["orders-1", "orders-2"]},
+        "whole_metric": False,
+        "requested_ms": T0_MS + 5_000,
+    },
     "registry_event": {
         "action": "REGISTER",
         "app": "ORDERS",
