@@ -255,7 +255,7 @@ def demo(points: int, log_lines: int, keep_running: bool) -> None:
         worker_process.wait(30)
 
 
-from streams.bus.cli import dlq_group, replay_command  # noqa: E402
+from streams.bus.cli import backfill_command, dlq_group, replay_command  # noqa: E402
 from streams.config.cli import config_group  # noqa: E402
 from streams.logs.cli import logs_group  # noqa: E402
 from streams.metrics.cli import metrics_group  # noqa: E402
@@ -263,6 +263,7 @@ from streams.metrics.cli import metrics_group  # noqa: E402
 main.add_command(logs_group)
 main.add_command(config_group)
 main.add_command(replay_command)
+main.add_command(backfill_command)
 main.add_command(dlq_group)
 main.add_command(metrics_group)
 

@@ -9,6 +9,13 @@ from typing import Any
 
 DEAD_LETTER_TOPIC = "bus.deadletters"
 DEAD_LETTER_SCHEMA = "stackstream.bus.DeadLetter"
+# A dead letter carries the raw record, so a record near the topic's size limit (1 MiB by
+# default; the worker's producer allows 1,000,000 bytes) would make a dead letter too large to
+# produce, and the agent would crash on it. Past this size only a prefix is kept; the header
+# below gives the original size (the whole record stays at its source offset until retention).
+MAX_DEAD_LETTER_VALUE_BYTES = 512 * 1024
+TRUNCATED_PREFIX_BYTES = 64 * 1024
+TRUNCATED_HEADER = "stackstream-truncated-from-bytes"
 
 
 def dead_letter_record(
@@ -24,7 +31,15 @@ def dead_letter_record(
     value: bytes | None,
     headers: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """The DeadLetter record for one rejected source record."""
+    """The DeadLetter record for one rejected source record (a huge value is cut, see above)."""
+    kept_headers = dict(headers or {})
+    if value is not None and len(value) > MAX_DEAD_LETTER_VALUE_BYTES:
+        reason = (
+            f"{reason} [value of {len(value)} bytes cut to its first {TRUNCATED_PREFIX_BYTES} "
+            "in this dead letter; the whole record is at the source offset]"
+        )
+        kept_headers[TRUNCATED_HEADER] = str(len(value)).encode()
+        value = value[:TRUNCATED_PREFIX_BYTES]
     return {
         "reason": reason,
         "error_type": error_type,
@@ -36,7 +51,7 @@ def dead_letter_record(
         "agent": agent,
         "key": None if key is None else bytes(key),
         "value": None if value is None else bytes(value),
-        "headers": dict(headers or {}),
+        "headers": kept_headers,
     }
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from streams.bus.deadletters import TRUNCATED_HEADER
+
 RELATIVE_UNITS_MS = {
     "ms": 1,
     "s": 1_000,
@@ -368,7 +370,7 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[DeadLetterGroup]:
 class ReplayDecision:
     """What `dlq replay` does with one dead letter, and why."""
 
-    action: str  # send, exhausted, duplicate, done, no_value
+    action: str  # send, exhausted, duplicate, done, no_value, truncated
     detail: str = ""
 
 
@@ -390,6 +392,12 @@ def decide_dead_letter_replay(
         return ReplayDecision("done", "replayed by an earlier run of this command")
     if record.get("value") is None:
         return ReplayDecision("no_value", "the dead letter has no value to send")
+    if TRUNCATED_HEADER in (record.get("headers") or {}):
+        return ReplayDecision(
+            "truncated",
+            "the dead letter keeps only a prefix of a huge record; replay the source offset "
+            "with `stackstream replay --from-offset`",
+        )
     count = replays_so_far(header_map(record.get("headers")))
     if count >= limit:
         return ReplayDecision(
