@@ -144,6 +144,25 @@ class Settings(BaseSettings):
         le=1,
         description="share of call chains without failure or problem kept for logview",
     )
+    tracing_hour_flush_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="while the report agent is behind the log, an open hour's changed rows "
+        "are written at most this often (wall clock); at once when it has caught up, the hour "
+        "ends or a minute is amended",
+    )
+    tracing_idle_close_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a partition without new trees for this long (wall clock) takes the wall "
+        "clock as its event time, so its last minutes close; 0 turns it off",
+    )
+    tracing_report_recheck_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="a cached report answer is checked against the minute index when it was "
+        "last checked longer ago than this",
+    )
 
     # The local stack (`stackstream dev`).
     cache_dir: Path = Field(

@@ -18,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
+from cassandra.query import PreparedStatement, tuple_factory
 from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.cassandra import CassandraSink
+from connectors.cassandra import CassandraSink, TableDefinition
 from connectors.elasticsearch import Document, ElasticsearchSink
 from connectors.retry import Backoff, retry_async, stable_id
 from streams.bus.batching import BatchItem
@@ -33,6 +37,7 @@ from streams.tracing import api
 from streams.tracing.events import MESSAGES_TOPIC, REPORT_SCHEMA, REPORTS_TOPIC, TREE_SCHEMA
 from streams.tracing.model import (
     HOUR_MS,
+    MINUTE_MS,
     HourReport,
     MinuteReport,
     Outcome,
@@ -51,6 +56,7 @@ from streams.tracing.tables import (
     MINUTE_ROWS,
     MINUTES,
     TABLES,
+    VIEW_COLUMNS,
     bucket_of,
     report_row,
     stored_row,
@@ -64,6 +70,7 @@ log = logging.getLogger(__name__)
 BUILD_REPORTS = "tracing.build_reports"
 LOGVIEW_TO_ELASTICSEARCH = "sinks.trace_logview_to_elasticsearch"
 REPORTS = ("transaction", "event", "problem")
+BATCH_RECORDS = 5000  # trees per batch; a shorter batch means the agent has caught up
 REPORT_BATCH_BYTES = 16_384  # rows of one (domain, report, bucket) partition per request
 LOGVIEW_MAPPINGS = {
     "dynamic": False,
@@ -107,6 +114,8 @@ class ReportStore:
         self.sink = sink
         self._ready = False
         self._lock = asyncio.Lock()
+        self._statements: dict[str, PreparedStatement] = {}
+        self._tuples: ExecutionProfile | None = None
 
     async def open(self) -> None:
         async with self._lock:
@@ -114,8 +123,31 @@ class ReportStore:
                 return
             await self.sink.open()
             for table in TABLES:
+                await asyncio.to_thread(self._add_missing_columns, table)
                 await self.sink.ensure_table(table)
+            self._tuples = self.sink.session.execution_profile_clone_update(
+                EXEC_PROFILE_DEFAULT, row_factory=tuple_factory
+            )
             self._ready = True
+
+    def _add_missing_columns(self, table: TableDefinition) -> None:
+        """Tables of an older version (e.g. without the percentile columns) get the new
+        columns; their old rows read as before (percentiles then come from the sketch)."""
+        session = self.sink.session
+        session.execute(table.create_cql(self.sink.keyspace))
+        present = {
+            row.column_name
+            for row in session.execute(
+                "SELECT column_name FROM system_schema.columns "
+                "WHERE keyspace_name = %s AND table_name = %s",
+                (self.sink.keyspace, table.name),
+            )
+        }
+        for column, kind in table.columns.items():
+            if column not in present:
+                session.execute(
+                    f"ALTER TABLE {self.sink.keyspace}.{table.name} ADD {column} {kind}"
+                )
 
     def _cql(self, table: str, where: str) -> str:
         return f"SELECT * FROM {self.sink.keyspace}.{table} WHERE {where}"
@@ -163,6 +195,49 @@ class ReportStore:
                     values.append(type_)
         found = await self.sink.select(self._cql(table.name, where), values)
         return [report_row(row, period) for row in found]
+
+    async def view_rows(
+        self, period: str, domain: str, report: str, start_ms: int, host: str, type_: str | None
+    ) -> list[dict[str, Any]]:
+        """The rows a report page shows (one minute or hour, one host, optionally one type):
+        only the columns it shows, through a prepared statement as plain tuples. Transaction
+        rows stored before the percentile columns existed are read again with their sketch."""
+        table = MINUTE_ROWS if period == "minute" else HOUR_ROWS
+        columns = VIEW_COLUMNS[report]
+        cql = (
+            f"SELECT {', '.join(columns)} FROM {self.sink.keyspace}.{table.name} WHERE domain = ? "
+            "AND report = ? AND bucket_ms = ? AND period_start_ms = ? AND host = ?"
+            + (" AND type = ?" if type_ is not None else "")
+        )
+        values: list[Any] = [domain, report, bucket_of(period, start_ms), start_ms, host]
+        if type_ is not None:
+            values.append(type_)
+        found = await asyncio.to_thread(self._select_tuples, cql, values)
+        fixed = {"report": report, "period": period, "domain": domain}
+        rows = [{**fixed, **dict(zip(columns, values, strict=True))} for values in found]
+        if report == "transaction" and any(row["count"] and row["p50_us"] is None for row in rows):
+            return await self.rows(period, domain, report, start_ms, host=host, type_=type_)
+        return rows
+
+    async def minutes_version(
+        self, domain: str, period: str, start_ms: int
+    ) -> tuple[tuple[int, int, int], ...] | None:
+        """The minute index entries of a minute or hour ((minute, revision, last offset) each),
+        written after the rows: equal entries mean equal stored rows. None: nothing closed."""
+        end_ms = start_ms + (HOUR_MS if period == "hour" else MINUTE_MS)
+        found = await asyncio.to_thread(
+            self._select_tuples,
+            f"SELECT period_start_ms, revision, last_offset FROM {self.sink.keyspace}."
+            f"{MINUTES.name} WHERE domain = ? AND period_start_ms >= ? AND period_start_ms < ?",
+            [domain, start_ms, end_ms],
+        )
+        return tuple(found) if found else None
+
+    def _select_tuples(self, cql: str, values: list[Any]) -> list[tuple[Any, ...]]:
+        statement = self._statements.get(cql)
+        if statement is None:
+            statement = self._statements[cql] = self.sink.session.prepare(cql)
+        return list(self.sink.session.execute(statement, values, execution_profile=self._tuples))
 
     async def minute_rows(self, domain: str, minute_ms: int) -> list[dict[str, Any]]:
         answers = await asyncio.gather(
@@ -263,6 +338,24 @@ class TracingStats:
         return dict(self.__dict__)
 
 
+@dataclass
+class PendingHours:
+    """What one partition merged into its hours but has not written yet: the hour rows that
+    changed (None: all of them), the minute index entries of the minutes merged, and the
+    offset to hold the commit at until they are written."""
+
+    rows: dict[tuple[str, int], set[Any] | None] = field(default_factory=dict)
+    minutes: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    hold_offset: int | None = None
+
+    def add(self, hour: tuple[str, int], keys: set[Any] | None) -> None:
+        if hour in self.rows:
+            known = self.rows[hour]
+            self.rows[hour] = None if known is None or keys is None else known | keys
+        else:
+            self.rows[hour] = keys
+
+
 class ReportBuilder:
     """The report agent's state: one PartitionReports per source partition it owns."""
 
@@ -273,9 +366,21 @@ class ReportBuilder:
         self.options = report_options(settings)
         self.grace_ms = int(settings.tracing_grace_s * 1000)
         self.keep_closed_ms = int(settings.tracing_keep_closed_s * 1000)
+        self.hour_flush_s = settings.tracing_hour_flush_s
+        self.idle_close_ms = int(settings.tracing_idle_close_s * 1000)
         self.reports = ReportProducer(runtime)
         self.partitions: dict[int, PartitionReports] = {}
         self.hours: dict[int, dict[tuple[str, int], HourReport]] = defaultdict(dict)
+        self.pending: dict[int, PendingHours] = defaultdict(PendingHours)
+        self.last_flush = time.monotonic()
+        self.last_tree_ms: dict[int, float] = {}
+        # The last batch was short: the log had no more. A partition missing from batches
+        # while the agent is behind is not idle, only not fetched yet.
+        self.caught_up = False
+        self.lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None
+        self._writing_holds: dict[int, int] = {}
+        self._writing_minutes: list[dict[str, Any]] = []
         self.stats = TracingStats()
 
     def state(self, partition: int) -> PartitionReports:
@@ -287,31 +392,84 @@ class ReportBuilder:
         return state
 
     async def forget(self, partitions: list[int]) -> None:
-        """Revoked partitions: their new owner replays from the committed offset."""
-        for partition in partitions:
-            self.partitions.pop(partition, None)
-            self.hours.pop(partition, None)
+        """Revoked partitions: their new owner replays from the committed offset (held back
+        before anything not yet written, pending hours included)."""
+        async with self.lock:
+            for partition in partitions:
+                self.partitions.pop(partition, None)
+                self.hours.pop(partition, None)
+                self.pending.pop(partition, None)
+                self.last_tree_ms.pop(partition, None)
 
     async def handle(self, batch: list[BatchItem]) -> dict[int, int]:
+        async with self.lock:
+            return await self._handle(batch)
+
+    async def _handle(self, batch: list[BatchItem]) -> dict[int, int]:
         await self.store.open()
         by_partition: dict[int, list[BatchItem]] = defaultdict(list)
         for item in batch:
             by_partition[item.partition].append(item)
-        safe: dict[int, int] = {}
+        closed: dict[int, list[dict[str, Any]]] = {}
+        now_ms = time.time() * 1000
         for partition, items in by_partition.items():
             state = self.state(partition)
+            self.last_tree_ms[partition] = now_ms
             await self._restore_unknown(state, items)
             for item in items:
                 outcome = state.apply(item.record, item.offset)
                 if outcome is Outcome.TOO_LATE:
+                    await self.drain()
                     await self._restore(state, item.record["domain"], tree_minute_ms(item.record))
                     outcome = state.apply(item.record, item.offset)
                 self._count(outcome)
-            rows = state.close_due()
-            if rows:
-                await self._publish(partition, state, rows)
-            safe[partition] = state.safe_commit_offset()
-        return safe
+            closed[partition] = state.close_due()
+        self.caught_up = len(batch) < BATCH_RECORDS
+        await self._publish(closed, caught_up=self.caught_up)
+        return {partition: self.safe_offset(partition) for partition in by_partition}
+
+    async def tick(self) -> None:
+        """Run between batches (a timer): once the agent has caught up with the log, close the
+        minutes of partitions that got no tree for `tracing_idle_close_s` of wall clock (their
+        event time is taken to be the wall clock), and write pending hours whose flush is due.
+        The commit catches up with the next batch; until then a restart replays, and the
+        closed minutes are restored."""
+        if self.lock.locked():
+            return  # a batch is being handled: the partitions are not idle
+        async with self.lock:
+            now_ms = time.time() * 1000
+            closed: dict[int, list[dict[str, Any]]] = {}
+            for partition, state in self.partitions.items():
+                last = self.last_tree_ms.get(partition)
+                idle_ms = now_ms - last if last is not None else 0
+                if (
+                    self.idle_close_ms <= 0
+                    or not self.caught_up
+                    or not state.open
+                    or idle_ms < self.idle_close_ms
+                ):
+                    continue
+                state.advance_idle(int(now_ms))
+                closed[partition] = state.close_due()
+            if closed or self._flush_due(force=False):
+                await self.store.open()
+                await self._publish(closed)
+
+    def unwritten_minutes(self) -> int:
+        """Closed minutes whose rows or hour rows are not yet all in Cassandra."""
+        writing = self._writing is not None and not self._writing.done()
+        pending = sum(len(pending.minutes) for pending in self.pending.values())
+        return pending + (len(self._writing_minutes) if writing else 0)
+
+    def safe_offset(self, partition: int) -> int:
+        """The first offset whose effect is not yet durable: the oldest open minute's first
+        tree, or the first tree of a minute whose rows or hour rows are not yet written."""
+        held = [
+            self.state(partition).safe_commit_offset(),
+            self.pending[partition].hold_offset,
+            self._writing_holds.get(partition),
+        ]
+        return min(offset for offset in held if offset is not None)
 
     def _count(self, outcome: Outcome) -> None:
         self.stats.trees += 1
@@ -328,6 +486,8 @@ class ReportBuilder:
             if (key := (item.record["domain"], tree_minute_ms(item.record))) not in state.open
             and key not in state.closed
         }
+        if unknown:
+            await self.drain()
         await asyncio.gather(*(self._restore(state, d, m, only_stored=True) for d, m in unknown))
 
     async def _restore(
@@ -351,36 +511,125 @@ class ReportBuilder:
         )
         self.stats.restored_minutes += 1
 
+    def _flush_due(self, *, force: bool) -> bool:
+        if not any(pending.rows for pending in self.pending.values()):
+            return False
+        return force or time.monotonic() - self.last_flush >= self.hour_flush_s
+
     async def _publish(
-        self, partition: int, state: PartitionReports, rows: list[dict[str, Any]]
+        self, closed: Mapping[int, list[dict[str, Any]]], *, caught_up: bool = False
     ) -> None:
-        """Minute rows, then the changed rows of their hours, then the records on
-        `trace.reports`, and last the minute index that marks them durable.
+        """Closed minutes' rows to Cassandra at once; their hours merged in memory; the changed
+        hour rows and then the minute index entries (which mark a minute and its hour as
+        durable) written when the hour flush is due; all rows to `trace.reports`.
+
+        The hour flush is due at once when the batch was short (the agent has caught up with
+        the log: live, every minute close is written as it happens), when an hour ends (the
+        watermark passes it) or a minute was amended, and otherwise `tracing_hour_flush_s`
+        after the last one: catching up, many minutes share one write of their hours. Until
+        then the commit is held at the first tree of the pending minutes, so a crash replays
+        them and closes them again (identically).
 
         Hours are kept in memory (`HourReport`) and a closing minute is merged into its hour
         alone; an hour is rebuilt from memory when one of its minutes was amended, and from
         Cassandra when this process does not hold it and the minute index lists minutes of it
         that are not closing now (after a restart or rebalance)."""
+        rows = [row for part in closed.values() for row in part]
+        minute_rows = [
+            stored_row(row, self.partitions[partition].closed[key].last_offset)
+            for partition, part in closed.items()
+            for row in part
+            if (key := (row["domain"], row["period_start_ms"]))
+        ]
+        force = caught_up
+        for partition, part in closed.items():
+            if part:
+                force |= await self._merge_hours(partition, self.partitions[partition], part)
+        hour_rows: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
+        released: dict[int, int] = {}
+        if self._flush_due(force=force):
+            for partition, pending in self.pending.items():
+                hours = self.hours[partition]
+                for key, keys in sorted(pending.rows.items()):
+                    hour_rows.extend(hours[key].rows(keys))
+                entries.extend(pending.minutes.values())
+                if pending.hold_offset is not None:
+                    released[partition] = pending.hold_offset
+            for partition in list(self.pending):
+                self.pending[partition] = PendingHours()
+                self._forget_old_hours(partition, self.state(partition))
+            self.last_flush = time.monotonic()
+        if not rows and not hour_rows and not entries:
+            return
+        await self.drain()
+        self._writing_holds = released
+        self._writing_minutes = entries
+        self._writing = asyncio.ensure_future(
+            self._write(minute_rows, [stored_row(row, -1) for row in hour_rows], entries,
+                        [*rows, *hour_rows])
+        )  # fmt: skip
+
+    async def drain(self) -> None:
+        """Wait for the write in flight (its failure is raised here, so the agent stops before
+        committing anything it covers)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                await writing
+            finally:
+                self._writing_holds = {}
+
+    async def _write(
+        self,
+        minute_rows: list[dict[str, Any]],
+        hour_rows: list[dict[str, Any]],
+        entries: list[dict[str, Any]],
+        records: list[dict[str, Any]],
+    ) -> None:
+        """Minute rows, hour rows, the rows on `trace.reports`, and last the minute index
+        entries that mark minutes (and their hours) durable. Runs while the next batch is
+        applied; the commit stays held until it is done."""
+        sink = self.store.sink
+        for table, stored in ((MINUTE_ROWS, minute_rows), (HOUR_ROWS, hour_rows)):
+            if stored:
+                await sink.upsert(
+                    table.name, stored, unset_none=True, partition_batch_bytes=REPORT_BATCH_BYTES
+                )
+        await self.reports.send(records)
+        if entries:
+            await sink.upsert(MINUTES.name, entries)
+        self.stats.rows_written += len(minute_rows) + len(hour_rows)
+
+    async def _merge_hours(
+        self, partition: int, state: PartitionReports, rows: list[dict[str, Any]]
+    ) -> bool:
+        """Merge closing minutes into their hours; whether the hour flush is due at once."""
         minutes: dict[tuple[str, int], MinuteReport] = {}
         for row in rows:
             key = (row["domain"], row["period_start_ms"])
             minutes[key] = state.closed[key]
-        sink = self.store.sink
-        await sink.upsert(
-            MINUTE_ROWS.name,
-            [
-                stored_row(row, minutes[(row["domain"], row["period_start_ms"])].last_offset)
-                for row in rows
-            ],
-            unset_none=True,
-            partition_batch_bytes=REPORT_BATCH_BYTES,
-        )
+        pending = self.pending[partition]
+        force = False
+        for (domain, minute_ms), minute in minutes.items():
+            pending.minutes[(domain, minute_ms)] = {
+                "domain": domain,
+                "period_start_ms": minute_ms,
+                "source_partition": partition,
+                "last_offset": minute.last_offset,
+                "revision": max(minute.revision, 0),
+                "late_count": minute.late_count,
+            }
+            first = minute.first_offset if minute.first_offset is not None else minute.last_offset
+            if pending.hold_offset is None or first < pending.hold_offset:
+                pending.hold_offset = first
+            force |= minute.revision > 0
         by_hour: dict[tuple[str, int], list[int]] = defaultdict(list)
         for domain, minute_ms in minutes:
             by_hour[(domain, minute_ms - minute_ms % HOUR_MS)].append(minute_ms)
         hours = self.hours[partition]
-        hour_rows: list[dict[str, Any]] = []
         for (domain, hour_ms), closing in sorted(by_hour.items()):
+            force |= state.watermark_ms is not None and hour_ms + HOUR_MS <= state.watermark_ms
             hour = hours.get((domain, hour_ms))
             closing.sort()
             if hour is not None and hour.takes_next(closing[0]):
@@ -389,8 +638,10 @@ class ReportBuilder:
                     emitted = minutes[(domain, minute_ms)].emitted
                     assert emitted is not None, "close_due made its rows"
                     changed |= hour.add_minute(minute_ms, emitted)
-                hour_rows.extend(hour.rows(changed))
+                pending.add((domain, hour_ms), changed)
                 continue
+            if hour is None:
+                await self.drain()
             if hour is None and await self.store.minutes_of_hour(domain, hour_ms) <= set(closing):
                 hour = HourReport(domain, hour_ms, self.options.max_problem_samples)
             hour = self._hour_from_memory(state, domain, hour_ms, hour, closing)
@@ -405,31 +656,8 @@ class ReportBuilder:
                     self.options.max_problem_samples,
                 )
             hours[(domain, hour_ms)] = hour
-            hour_rows.extend(hour.rows())
-        if hour_rows:
-            await sink.upsert(
-                HOUR_ROWS.name,
-                [stored_row(row, -1) for row in hour_rows],
-                unset_none=True,
-                partition_batch_bytes=REPORT_BATCH_BYTES,
-            )
-        await self.reports.send([*rows, *hour_rows])
-        await sink.upsert(
-            MINUTES.name,
-            [
-                {
-                    "domain": domain,
-                    "period_start_ms": minute_ms,
-                    "source_partition": partition,
-                    "last_offset": minute.last_offset,
-                    "revision": max(minute.revision, 0),
-                    "late_count": minute.late_count,
-                }
-                for (domain, minute_ms), minute in minutes.items()
-            ],
-        )
-        self.stats.rows_written += len(rows) + len(hour_rows)
-        self._forget_old_hours(partition, state)
+            pending.add((domain, hour_ms), None)
+        return force
 
     def _hour_from_memory(
         self,
@@ -489,11 +717,15 @@ class LogviewWriter:
         documents: dict[str, tuple[Document, BatchItem]] = {}
         for item in batch:
             tree = item.record
+            # Most trees are not kept: choose first, validate only the kept ones (validation
+            # costs more than the choice, and this agent shares the worker's one CPU thread).
             try:
-                validate_tree(tree)
-            except RecordRejected:
+                keep = logview_keeps(tree, self.options.thresholds_for(tree["domain"]), rate)
+                if keep:
+                    validate_tree(tree)
+            except (RecordRejected, KeyError, TypeError, ValueError):
                 continue  # tracing.build_reports dead-letters it; once is enough
-            if not logview_keeps(tree, self.options.thresholds_for(tree["domain"]), rate):
+            if not keep:
                 continue
             document = Document(
                 index=logview_index(self.settings, tree["root"]["timestamp_us"]),
@@ -535,9 +767,15 @@ def register(runtime: Runtime) -> None:
         TREE_SCHEMA,
         validate=validate_tree,
         on_revoked=builder.forget,
+        max_records=BATCH_RECORDS,
+        prefetch=True,
     )
     async def build_reports(batch: list[BatchItem]) -> dict[int, int]:
         return await builder.handle(batch)
+
+    @runtime.app.timer(1.0)
+    async def close_idle_minutes() -> None:
+        await builder.tick()
 
     @runtime.batch_agent(LOGVIEW_TO_ELASTICSEARCH, MESSAGES_TOPIC, TREE_SCHEMA)
     async def logview_to_elasticsearch(batch: list[BatchItem]) -> None:
@@ -545,6 +783,7 @@ def register(runtime: Runtime) -> None:
 
     @runtime.app.on_before_shutdown.connect
     async def close_sinks(app: object, **kwargs: object) -> None:
+        await builder.drain()
         await logview.close()
         builder.reports.close()
         sink.close()

@@ -9,8 +9,13 @@ are JSON; the transaction report also speaks CAT's XML with `format=xml`.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from faust.utils import json as faust_json
 from faust.web import View
 
 from connectors.elasticsearch import ElasticsearchSink
@@ -18,6 +23,7 @@ from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
 from streams.tracing.model import (
     ALL_HOSTS,
     PERIOD_MS,
+    SORT_KEYS,
     ReportQueryError,
     assemble_chain,
     describe_row,
@@ -35,14 +41,27 @@ TAG = "tracing"
 MAX_CHAIN_TREES = 1000
 
 
-def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> None:
-    from streams.tracing.agents import logview_index_pattern
+class ReportReader:
+    """Answers report queries. A minute or hour is its stored rows, read without sketches
+    (percentiles are stored columns); a day is merged from its hour rows.
 
-    app = runtime.app
-    settings = runtime.settings
-    logview_sink: list[ElasticsearchSink] = []
+    Closed minutes and hours change only when a minute of them closes or is amended, and the
+    minute index (`trace_minutes`, written after the rows) says when: its entries for the
+    period are the version of a cached answer, read again (a few small rows) when the answer
+    was last checked more than `recheck_s` ago, so an answer is at most that much older than
+    what Cassandra holds. Days are not cached."""
 
-    async def report(report_kind: str, query: Any) -> dict[str, Any]:
+    def __init__(
+        self, store: ReportStore, max_samples: int, *, recheck_s: float = 1.0, capacity: int = 16
+    ) -> None:
+        self.store = store
+        self.max_samples = max_samples
+        self.recheck_s = recheck_s
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[Any, ...], _CachedReport] = OrderedDict()
+
+    async def answer(self, report_kind: str, query: Mapping[str, str], output: str) -> bytes:
+        """The report as JSON or CAT's XML bytes; ReportQueryError names a bad parameter."""
         domain = query.get("domain", "").strip()
         if not domain:
             raise ReportQueryError("domain", "missing query parameter")
@@ -56,23 +75,65 @@ def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> No
         order = query.get("order", "asc" if sort == "name" else "desc")
         if order not in ("asc", "desc"):
             raise ReportQueryError("order", "must be asc or desc")
-        await store.open()
-        if period == "day":
-            hours = await store.rows("hour", domain, report_kind, bucket_ms=start_ms)
-            rows = [
-                row
-                for row in merge_rows(hours, "day", settings.tracing_problem_samples)
-                if row["host"] == host and (type_ is None or row["type"] == type_)
-            ]
-        else:
-            rows = await store.rows(period, domain, report_kind, start_ms, host=host, type_=type_)
-        described = [describe_row(row) for row in rows]
+        if sort not in SORT_KEYS:
+            raise ReportQueryError("sort", f"must be one of {', '.join(SORT_KEYS)}")
+        await self.store.open()
+        key = (report_kind, period, domain, start_ms, host, type_)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is None or now - cached.checked_at >= self.recheck_s:
+            version = None
+            if period != "day":
+                version = await self.store.minutes_version(domain, period, start_ms)
+            if cached is not None and version is not None and cached.version == version:
+                cached.checked_at = now
+            else:
+                rows = await self._rows(report_kind, period, domain, start_ms, host, type_)
+                cached = _CachedReport(version, now, [describe_row(row) for row in rows])
+            if version is not None:
+                self._cache[key] = cached
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.pop(key, None)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        rendered = cached.rendered.get((sort, order, output))
+        if rendered is None:
+            rendered = cached.rendered[(sort, order, output)] = self._render(
+                cached.described, report_kind, domain, period, start_ms, host, type_,
+                sort, order, output,
+            )  # fmt: skip
+        return rendered
+
+    async def _rows(
+        self, report_kind: str, period: str, domain: str, start_ms: int, host: str,
+        type_: str | None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        if period != "day":
+            return await self.store.view_rows(period, domain, report_kind, start_ms, host, type_)
+        hours = await self.store.rows("hour", domain, report_kind, bucket_ms=start_ms)
+        return [
+            row
+            for row in merge_rows(hours, "day", self.max_samples)
+            if row["host"] == host and (type_ is None or row["type"] == type_)
+        ]
+
+    @staticmethod
+    def _render(
+        described: list[dict[str, Any]], report_kind: str, domain: str, period: str,
+        start_ms: int, host: str, type_: str | None, sort: str, order: str, output: str,
+    ) -> bytes:  # fmt: skip
         if type_ is None:
             total, names = None, [row for row in described if row["name"] == ""]
         else:
             total = next((row for row in described if row["name"] == ""), None)
             names = [row for row in described if row["name"] != ""]
-        return {
+        rows = sort_described(names, sort, order == "desc")
+        if output == "xml":
+            shown = [*([total] if total else []), *rows]
+            return transaction_report_xml(domain, period, start_ms, host, shown).encode()
+        answer = {
             "report": report_kind,
             "domain": domain,
             "period": period,
@@ -81,8 +142,31 @@ def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> No
             "ip": host,
             "type": type_,
             "total": total,
-            "rows": sort_described(names, sort, order == "desc"),
+            "rows": rows,
         }
+        encoded = faust_json.dumps(answer)
+        return encoded if isinstance(encoded, bytes) else encoded.encode()
+
+
+@dataclass
+class _CachedReport:
+    """A report's described rows at one version of its minutes, and its rendered answers."""
+
+    version: tuple[Any, ...] | None
+    checked_at: float
+    described: list[dict[str, Any]]
+    rendered: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+
+
+def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> None:
+    from streams.tracing.agents import logview_index_pattern
+
+    app = runtime.app
+    settings = runtime.settings
+    logview_sink: list[ElasticsearchSink] = []
+    reader = ReportReader(
+        store, settings.tracing_problem_samples, recheck_s=settings.tracing_report_recheck_s
+    )
 
     class ReportView(View):
         report_kind = "transaction"
@@ -96,16 +180,12 @@ def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> No
                 allowed = "json or xml" if self.report_kind == "transaction" else "json"
                 return self.json(error_body("format", f"must be {allowed}"), status=400)
             try:
-                answer = await report(self.report_kind, query)
+                body = await reader.answer(self.report_kind, query, output)
             except ReportQueryError as error:
                 return self.json(error_body(error.parameter, str(error)), status=400)
             if output == "xml":
-                rows = [*([answer["total"]] if answer["total"] else []), *answer["rows"]]
-                text = transaction_report_xml(
-                    answer["domain"], answer["period"], answer["start_ms"], answer["ip"], rows
-                )
-                return self.bytes(text.encode(), content_type="application/xml")
-            return self.json(answer)
+                return self.bytes(body, content_type="application/xml")
+            return self.bytes(body, content_type="application/json")
 
     class TransactionReport(ReportView):
         """CAT's Transaction report: counts, failures, latency lines per type and name."""
@@ -173,7 +253,13 @@ def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> No
                 }
                 for partition, state in sorted(builder.partitions.items())
             }
-            return self.json({**builder.stats.snapshot(), "partitions": partitions})
+            return self.json(
+                {
+                    **builder.stats.snapshot(),
+                    "unwritten_minutes": builder.unwritten_minutes(),
+                    "partitions": partitions,
+                }
+            )
 
     @app.on_before_shutdown.connect
     async def close_es(app: object, **kwargs: object) -> None:

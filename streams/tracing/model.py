@@ -21,7 +21,7 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from streams.errors import RecordRejected
-from streams.tracing.sketch import SKETCH_FORMAT, LatencySketch
+from streams.tracing.sketch import REPORT_QUANTILES, SKETCH_FORMAT, LatencySketch
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -29,6 +29,9 @@ DAY_MS = 86_400_000
 PERIOD_MS = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 ALL_HOSTS = "All"
 SUCCESS = "0"
+# Percentile lines of a transaction row, in µs: stored in Cassandra so a read decodes no sketch;
+# not on the topic, where the sketch carries them.
+PERCENTILE_COLUMNS = tuple(f"{label}_us" for label, _ in REPORT_QUANTILES)
 ERROR_EVENT_TYPES = frozenset({"Error", "Exception", "RuntimeException"})
 DURATION_BUCKET_CAP_MS = 65_536
 
@@ -186,6 +189,9 @@ class TransactionStats:
         self.fail_message_id = _first(self.fail_message_id, other.fail_message_id)
 
     def row_fields(self) -> dict[str, Any]:
+        """The row's columns, with its percentile lines (`p50_us`...) computed once here, so
+        a report read decodes no sketch."""
+        sketch, lines = self.sketch.encode()
         return {
             "count": self.count,
             "fail_count": self.fail_count,
@@ -193,8 +199,9 @@ class TransactionStats:
             "min_us": self.min_us,
             "max_us": self.max_us,
             "sum_squares": self.sum_squares,
-            "sketch": self.sketch.to_bytes(),
+            "sketch": sketch,
             "sketch_format": SKETCH_FORMAT,
+            **{f"{label}_us": value for label, value in lines.items()},
             "duration_counts": dict(sorted(self.duration_counts.items(), key=_numeric_key)),
             "success_message_id": self.success_message_id,
             "fail_message_id": self.fail_message_id,
@@ -489,6 +496,7 @@ ROW_DEFAULTS: dict[str, Any] = {
     "sum_squares": 0.0,
     "sketch": None,
     "sketch_format": "",
+    **dict.fromkeys(PERCENTILE_COLUMNS),
     "duration_counts": {},
     "success_message_id": None,
     "fail_message_id": None,
@@ -574,6 +582,13 @@ class PartitionReports:
             self.max_event_ms = event_ms
         return Outcome.APPLIED
 
+    def advance_idle(self, now_ms: int) -> None:
+        """Take event time to be the wall clock `now_ms` (called when the partition has been
+        idle a while): a source that went quiet still closes its last minutes, at their end
+        plus the grace period as if it had gone on. Trees arriving later for them are late."""
+        if self.max_event_ms is not None and now_ms > self.max_event_ms:
+            self.max_event_ms = now_ms
+
     def restore_closed(self, minute: MinuteReport) -> None:
         """Take back a closed minute read from the store, so late trees amend it and replays
         of trees it already counts (offset <= its last_offset) are recognised."""
@@ -598,7 +613,10 @@ class PartitionReports:
         if watermark is None:
             return rows
         horizon = watermark - self.keep_closed_ms
-        for key in [k for k in self.closed if k[1] + MINUTE_MS < horizon]:
+        emitted = {(row["domain"], row["period_start_ms"]) for row in rows}
+        # Minutes closed just now stay until the next call, whatever the horizon: their rows'
+        # writer reads them (a watermark can leap past the horizon, e.g. after an idle close).
+        for key in [k for k in self.closed if k[1] + MINUTE_MS < horizon and k not in emitted]:
             del self.closed[key]
         return rows
 
@@ -759,20 +777,19 @@ def describe_row(row: Mapping[str, Any], elapsed_seconds: float | None = None) -
         "revision": row.get("revision", 0),
     }
     if row["report"] == "transaction":
-        stats = TransactionStats.from_row(row)
-        mean = stats.sum_us / count if count else 0.0
+        total = row.get("sum_us", 0)
         described.update(
-            min_ms=stats.min_us / 1000,
-            max_ms=stats.max_us / 1000,
-            sum_ms=stats.sum_us / 1000,
-            avg_ms=round(mean / 1000, 4),
-            std_ms=round(standard_deviation(count, stats.sum_us, stats.sum_squares) / 1000, 4),
-            duration_counts=stats.duration_counts,
-            success_message_id=stats.success_message_id,
-            fail_message_id=stats.fail_message_id,
-            longest_message_id=stats.longest_message_id,
+            min_ms=row.get("min_us", 0) / 1000,
+            max_ms=row.get("max_us", 0) / 1000,
+            sum_ms=total / 1000,
+            avg_ms=round(total / count / 1000, 4) if count else 0.0,
+            std_ms=round(standard_deviation(count, total, row.get("sum_squares", 0.0)) / 1000, 4),
+            duration_counts=dict(row.get("duration_counts") or {}),
+            success_message_id=row.get("success_message_id"),
+            fail_message_id=row.get("fail_message_id"),
+            longest_message_id=row.get("longest_message_id"),
         )
-        for label, value in stats.sketch.quantiles().items():
+        for label, value in row_percentiles(row).items():
             described[f"{label}_ms"] = None if value is None else round(value / 1000, 4)
     elif row["report"] == "event":
         described.update(
@@ -785,6 +802,18 @@ def describe_row(row: Mapping[str, Any], elapsed_seconds: float | None = None) -
             sample_message_ids=list(row.get("sample_message_ids") or []),
         )
     return described
+
+
+def row_percentiles(row: Mapping[str, Any]) -> dict[str, float | None]:
+    """A transaction row's percentile lines in µs: the stored columns, or from its sketch for
+    rows written before those columns existed."""
+    stored = {label: row.get(f"{label}_us") for label, _ in REPORT_QUANTILES}
+    if not row["count"] or all(value is not None for value in stored.values()):
+        return stored
+    sketch = row.get("sketch")
+    if not sketch:
+        return stored
+    return LatencySketch.from_bytes(sketch).quantiles()
 
 
 def standard_deviation(count: int, total: float, sum_squares: float) -> float:

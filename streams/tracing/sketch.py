@@ -1,23 +1,25 @@
 """A mergeable latency sketch with at most 1% relative error on every quantile.
 
-A thin wrapper over the `ddsketch` package (DataDog's DDSketch: logarithmic buckets, so a
-quantile's value is within `relative_accuracy` of the exact one whatever the distribution, and
-merging two sketches adds bucket counts, an exact operation). The wrapper adds what reports need:
-exact min and max (quantiles are clamped to them), a byte encoding for report rows, and a refusal
-of negative durations.
+DDSketch (DataDog's algorithm; the `ddsketch` package supplies the index mapping and the protobuf
+message): logarithmic buckets, so a quantile's value is within `relative_accuracy` of the exact one
+whatever the distribution, and merging two sketches adds bucket counts, an exact operation. The
+buckets are kept in a plain dict (ddsketch's dense store re-extends and copies a list on adds and
+merges, which made report rows of a few values dominate the report agent). Added here: exact min
+and max (quantiles are clamped to them), a byte encoding for report rows (ddsketch's protobuf
+after 16 bytes of min and max), and a refusal of negative durations.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import accumulate
 
-from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
-from ddsketch.pb.ddsketch_pb2 import Store as StoreMessage
 from ddsketch.pb.proto import KeyMappingProto
-from ddsketch.store import DenseStore
 from google.protobuf.message import DecodeError
 
 RELATIVE_ACCURACY = 0.01
@@ -29,9 +31,27 @@ REPORT_QUANTILES: tuple[tuple[str, float], ...] = (
     ("p99", 0.99),
     ("p999", 0.999),
 )
-# One immutable index mapping for every sketch: building it per sketch cost ~20 µs, more than a
-# report row's merge, and reports create a sketch per row.
 _MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
+_MAPPING_MESSAGE = KeyMappingProto.to_proto(_MAPPING)
+_MIN_INDEXABLE = _MAPPING.min_possible
+_key = _MAPPING.key
+_BOUNDS = struct.Struct(">dd")
+_VALUES: dict[int, float] = {}  # bucket key -> its value, memoised (quantiles read a few)
+# The message up to its stores: field 1, the index mapping. The stores are written by hand
+# (protobuf wire format, fields 2 and 3 of DDSketch; 2 packed and 3 zig-zag of Store): building
+# the messages cost more than the rest of a report row. A unit test holds the bytes equal to
+# protobuf's own encoding.
+_MESSAGE_HEAD = DDSketchMessage(mapping=_MAPPING_MESSAGE).SerializeToString()
+
+
+def _varint(value: int) -> bytes:
+    """A non-negative int in protobuf's base-128 varint encoding."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class SketchError(ValueError):
@@ -41,12 +61,14 @@ class SketchError(ValueError):
 class LatencySketch:
     """Quantiles of non-negative durations within 1% relative error; mergeable and encodable."""
 
-    __slots__ = ("_sketch", "max", "min")
+    __slots__ = ("bins", "count", "max", "min", "zero_count")
 
     def __init__(self) -> None:
-        self._sketch = BaseDDSketch(_MAPPING, DenseStore(), DenseStore(), 0.0)
-        self.min = float("inf")
-        self.max = float("-inf")
+        self.bins: dict[int, float] = {}
+        self.zero_count: float = 0
+        self.count: int = 0
+        self.min = math.inf
+        self.max = -math.inf
 
     @classmethod
     def of(cls, values: Iterable[float]) -> LatencySketch:
@@ -55,14 +77,16 @@ class LatencySketch:
             sketch.add(value)
         return sketch
 
-    @property
-    def count(self) -> int:
-        return int(self._sketch.count)
-
     def add(self, value: float, weight: int = 1) -> None:
-        if value < 0:
+        if value > _MIN_INDEXABLE:
+            key = _key(value)
+            bins = self.bins
+            bins[key] = bins.get(key, 0) + weight
+        elif value < 0:
             raise SketchError(f"a duration cannot be negative (got {value})")
-        self._sketch.add(value, weight)
+        else:
+            self.zero_count += weight
+        self.count += weight
         if value < self.min:
             self.min = value
         if value > self.max:
@@ -70,11 +94,21 @@ class LatencySketch:
 
     def merge(self, other: LatencySketch) -> None:
         """Add `other`'s counts to this sketch (bucket-wise, exact)."""
-        if other.count == 0:
+        if not other.count:
             return
-        self._sketch.merge(other._sketch)
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
+        bins = self.bins
+        if bins:
+            get = bins.get
+            for key, count in other.bins.items():
+                bins[key] = get(key, 0) + count
+        else:
+            bins.update(other.bins)
+        self.zero_count += other.zero_count
+        self.count += other.count
+        if other.min < self.min:
+            self.min = other.min
+        if other.max > self.max:
+            self.max = other.max
 
     def copy(self) -> LatencySketch:
         twin = LatencySketch()
@@ -85,62 +119,70 @@ class LatencySketch:
         """The q-quantile (0 <= q <= 1) within 1% relative error; None when empty."""
         if not 0.0 <= q <= 1.0:
             raise SketchError(f"a quantile lies between 0 and 1 (got {q})")
-        if self.count == 0:
-            return None
-        if q == 1.0:
-            return float(self.max)
-        if q == 0.0:
-            return float(self.min)
-        value = self._sketch.get_quantile_value(q)
-        return float(min(max(value, self.min), self.max))
+        return self.quantiles((("q", q),))["q"]
 
     def quantiles(
         self, points: Sequence[tuple[str, float]] = REPORT_QUANTILES
     ) -> dict[str, float | None]:
-        """`quantile` of each point, in one walk over the bins (a report row shows five)."""
-        sketch = self._sketch
-        if self.count == 0 or sketch._negative_store.count:
-            return {label: self.quantile(q) for label, q in points}
-        zeros = sketch._zero_count
-        pending = sorted(
-            ((q * (sketch._count - 1) - zeros, label) for label, q in points if 0.0 < q < 1.0),
-            reverse=True,
-        )
-        answers: dict[str, float | None] = {
-            label: self.quantile(q) for label, q in points if not 0.0 < q < 1.0
-        }
-        while pending and pending[-1][0] < 0:
-            answers[pending.pop()[1]] = self._clamped(0.0)
-        store = sketch._store
-        running = 0.0
-        for index, count in enumerate(store.bins):
-            running += count
-            while pending and running > pending[-1][0]:
-                key = index + store.offset
-                answers[pending.pop()[1]] = self._clamped(_MAPPING.value(key))
-            if not pending:
-                break
-        for _, label in pending:
-            answers[label] = self._clamped(_MAPPING.value(store.max_key))
-        return {label: answers[label] for label, _ in points}
+        """Each point's quantile in one walk over the buckets. Rank is DDSketch's,
+        `q * (count - 1)` (the lower quantile); q = 0 and 1 give the exact min and max."""
+        if not self.count:
+            return {label: None for label, _ in points}
+        return self._quantiles(sorted(self.bins.items()), points)
 
-    def _clamped(self, value: float) -> float:
-        return float(min(max(value, self.min), self.max))
+    def _quantiles(
+        self, ordered: list[tuple[int, float]], points: Sequence[tuple[str, float]]
+    ) -> dict[str, float | None]:
+        low, high = float(self.min), float(self.max)
+        cumulative = list(accumulate([count for _, count in ordered]))
+        last = len(cumulative) - 1
+        answers: dict[str, float | None] = {}
+        for label, q in points:
+            rank = q * (self.count - 1) - self.zero_count
+            if q >= 1.0:
+                answers[label] = high
+            elif q <= 0.0 or rank < 0:
+                answers[label] = low
+            else:
+                key = ordered[min(bisect_right(cumulative, rank), last)][0]
+                value = _VALUES.get(key)
+                if value is None:
+                    value = _VALUES[key] = _MAPPING.value(key)
+                answers[label] = low if value < low else high if value > high else value
+        return answers
 
     def to_bytes(self) -> bytes:
-        """Encoding: 16 bytes of min and max (IEEE doubles, big-endian), then DDSketch protobuf.
+        return self.encode()[0]
 
-        Bins are written from the first to the last non-empty one, so equal sketches encode
-        to equal bytes however they were built (ddsketch's own `to_proto` writes its padded
-        in-memory range, which depends on the order of adds and merges, and is larger)."""
-        bounds = struct.pack(">dd", self.min, self.max)
-        message = DDSketchMessage(
-            mapping=KeyMappingProto.to_proto(self._sketch._mapping),
-            positiveValues=_trimmed(self._sketch._store),
-            negativeValues=_trimmed(self._sketch._negative_store),
-            zeroCount=self._sketch._zero_count,
-        )
-        return bounds + message.SerializeToString()
+    def encode(
+        self, points: Sequence[tuple[str, float]] = REPORT_QUANTILES
+    ) -> tuple[bytes, dict[str, float | None]]:
+        """The encoding and the quantiles of `points`, from one sort of the buckets.
+
+        Encoding: 16 bytes of min and max (IEEE doubles, big-endian), then DDSketch's protobuf
+        message with the buckets from the first to the last non-empty one, so equal sketches
+        encode to equal bytes however they were built."""
+        ordered = sorted(item for item in self.bins.items() if item[1])
+        parts = [_BOUNDS.pack(self.min, self.max), _MESSAGE_HEAD]
+        if ordered:
+            first = ordered[0][0]
+            counts = [0.0] * (ordered[-1][0] - first + 1)
+            for key, count in ordered:
+                counts[key - first] = count
+            packed = struct.pack(f"<{len(counts)}d", *counts)
+            store = b"\x12" + _varint(len(packed)) + packed
+            if first:
+                store += b"\x18" + _varint((first << 1) ^ (first >> 63))
+            parts += [b"\x12", _varint(len(store)), store]
+        else:
+            parts.append(b"\x12\x00")
+        parts.append(b"\x1a\x00")
+        if self.zero_count:
+            parts += [b"\x21", struct.pack("<d", self.zero_count)]
+        encoded = b"".join(parts)
+        if not self.count:
+            return encoded, {label: None for label, _ in points}
+        return encoded, self._quantiles(ordered, points)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LatencySketch:
@@ -156,21 +198,27 @@ class LatencySketch:
             raise SketchError(
                 f"sketch has bucket ratio {gamma}, expected {_MAPPING.gamma} (1% relative accuracy)"
             )
+        positive, negative = message.positiveValues, message.negativeValues
+        if positive.binCounts or negative.binCounts:
+            raise SketchError("sparse sketch bins are not part of the sketch format")
+        if any(negative.contiguousBinCounts):
+            raise SketchError("a latency sketch holds no negative durations")
         sketch = cls()
-        sketch._sketch = BaseDDSketch(
-            _MAPPING,
-            _store_of(message.positiveValues),
-            _store_of(message.negativeValues),
-            message.zeroCount,
-        )
-        sketch.min, sketch.max = struct.unpack(">dd", data[:16])
+        offset = positive.contiguousBinIndexOffset
+        sketch.bins = {
+            offset + index: count
+            for index, count in enumerate(positive.contiguousBinCounts)
+            if count
+        }
+        sketch.zero_count = message.zeroCount
+        sketch.count = round(sum(sketch.bins.values()) + sketch.zero_count)
+        sketch.min, sketch.max = _BOUNDS.unpack(data[:16])
         return sketch
 
     def bucket_counts(self) -> dict[int, float]:
         """Non-empty bucket index -> count; the zero bucket has index -2**31."""
-        store = self._sketch._store
-        return {store.offset + index: count for index, count in enumerate(store.bins) if count} | (
-            {-(2**31): self._sketch._zero_count} if self._sketch._zero_count else {}
+        return {key: count for key, count in self.bins.items() if count} | (
+            {-(2**31): self.zero_count} if self.zero_count else {}
         )
 
     def __eq__(self, other: object) -> bool:
@@ -183,33 +231,3 @@ class LatencySketch:
 
     def __repr__(self) -> str:
         return f"LatencySketch(count={self.count}, min={self.min}, max={self.max})"
-
-
-def _trimmed(store: DenseStore) -> StoreMessage:
-    """A store's protobuf message with only its non-empty range of bins."""
-    bins = store.bins
-    used = [index for index, count in enumerate(bins) if count]
-    if not used:
-        return StoreMessage()
-    first, last = used[0], used[-1]
-    return StoreMessage(
-        contiguousBinCounts=bins[first : last + 1], contiguousBinIndexOffset=store.offset + first
-    )
-
-
-def _store_of(message: StoreMessage) -> DenseStore:
-    """A DenseStore holding a message's contiguous bins as they are: ddsketch's own decoder adds
-    them one by one, re-extending its range each time, which made reading a report row slow."""
-    store = DenseStore()
-    counts = list(message.contiguousBinCounts)
-    used = [index for index, count in enumerate(counts) if count]
-    if message.binCounts:
-        raise SketchError("sparse sketch bins are not part of the sketch format")
-    if not used:
-        return store
-    store.bins = counts
-    store.offset = message.contiguousBinIndexOffset
-    store.min_key = store.offset + used[0]
-    store.max_key = store.offset + used[-1]
-    store.count = sum(counts)
-    return store

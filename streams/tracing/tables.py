@@ -4,7 +4,8 @@ Minute rows are partitioned by (domain, report, hour): one read gives an hour's 
 the hour row is merged from, and a minute query is a clustering prefix. Hour rows are
 partitioned by (domain, report, day) the same way, so a day report is one read and a merge. The
 primary key is the row's identity (period start, host, type, name): rewriting a row, as a replay
-or a later revision does, is an upsert, never a second row.
+or a later revision does, is an upsert, never a second row. Transaction rows also carry their
+percentile lines as columns (`p50_us` ... `p999_us`), so a report read selects no sketch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connectors.cassandra import TableDefinition
-from streams.tracing.model import DAY_MS, HOUR_MS
+from streams.tracing.model import DAY_MS, HOUR_MS, PERCENTILE_COLUMNS
 
 ROW_COLUMNS = {
     "domain": "text",
@@ -31,6 +32,7 @@ ROW_COLUMNS = {
     "sum_squares": "double",
     "sketch": "blob",
     "sketch_format": "text",
+    **dict.fromkeys(PERCENTILE_COLUMNS, "double"),
     "duration_counts": "map<text, bigint>",
     "success_message_id": "text",
     "fail_message_id": "text",
@@ -73,6 +75,17 @@ MINUTES = TableDefinition(
 )
 
 TABLES = (MINUTE_ROWS, HOUR_ROWS, MINUTES)
+
+_SHOWN = ("period_start_ms", "host", "type", "name", "count", "fail_count", "late_count",
+          "revision", "closed_at_ms")  # fmt: skip
+# What a report page reads per report: never the sketch (transaction percentiles are columns).
+VIEW_COLUMNS = {
+    "transaction": (*_SHOWN, "sum_us", "min_us", "max_us", "sum_squares", *PERCENTILE_COLUMNS,
+                    "duration_counts", "success_message_id", "fail_message_id",
+                    "longest_message_id"),
+    "event": (*_SHOWN, "success_message_id", "fail_message_id"),
+    "problem": (*_SHOWN, "duration_counts", "sample_message_ids"),
+}  # fmt: skip
 BUCKET_MS = {"minute": HOUR_MS, "hour": DAY_MS}
 
 

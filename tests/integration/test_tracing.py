@@ -224,3 +224,65 @@ def test_replay_into_a_fresh_app_gives_identical_reports(
 
     assert live_rows
     assert sorted(live_rows, key=key) == sorted(replay_rows, key=key)
+
+
+def _url_tree(index: int, at_us: int, duration_us: int) -> dict[str, Any]:
+    return {
+        "domain": "quiet",
+        "hostname": "host",
+        "ip": "10.2.0.1",
+        "message_id": f"quiet-0a020001-1-{index}",
+        "root": {"kind": "TRANSACTION", "type": "URL", "name": "/q", "status": "0",
+                 "timestamp_us": at_us, "duration_us": duration_us, "data": "",
+                 "children": []},
+    }  # fmt: skip
+
+
+def test_a_quiet_domain_closes_its_minute_and_a_late_tree_amends_the_answer(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """No heartbeat follows the trees: the idle timeout closes their minute. A late tree then
+    amends it, and the (cached) report answers show the new revision."""
+    settings = _tracing_settings(stack_settings, tracing_idle_close_s=2.0)
+    apply_topics(settings)
+    log_path = tmp_path / "worker.log"
+    base = f"http://127.0.0.1:{settings.web_port}"
+    minute_us = (int(time.time()) // 60 - 3) * 60_000_000
+    minute = dt.datetime.fromtimestamp(minute_us / 1e6, dt.UTC).strftime("%Y%m%d%H%M")
+    url = f"{base}/tracing/transaction?domain=quiet&date={minute}&type=URL"
+    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
+
+    def emit(index: int, duration_us: int) -> None:
+        tree = _url_tree(index, minute_us + index * 1_000_000, duration_us)
+        assert producer.emit(MESSAGES_TOPIC, TREE_SCHEMA, tree, key="quiet")
+        producer.flush()
+
+    def total() -> dict[str, Any] | None:
+        status, answer = get_json(url)
+        return answer["total"] if status == 200 else None
+
+    with running_worker(settings, log_path):
+        for index in range(5):
+            emit(index, 1_000 * (index + 1))
+        first = eventually(
+            lambda: (t := total()) and t["count"] == 5 and t,
+            60, "the quiet minute closed by the idle timeout", log_path,
+        )  # fmt: skip
+        assert (first["revision"], first["min_ms"], first["max_ms"]) == (0, 1.0, 5.0)
+        assert first["p50_ms"] == pytest.approx(3.0, rel=0.01)
+        assert first["p99_ms"] == pytest.approx(4.0, rel=0.01)
+        assert total() == first  # answered again (from the cache)
+
+        emit(5, 60_000)
+        amended = eventually(
+            lambda: (t := total()) and t["revision"] == 1 and t,
+            60, "the amended minute", log_path,
+        )  # fmt: skip
+        assert (amended["count"], amended["late_count"], amended["max_ms"]) == (6, 1, 60.0)
+        hour = get_json(f"{base}/tracing/transaction?domain=quiet&date={minute[:10]}&type=URL")
+        assert hour[0] == 200 and hour[1]["total"]["count"] == 6
+    producer.close()
+
+    rows = [r for r in _cassandra_rows(settings, "trace_report_minute")
+            if r["report"] == "transaction"]  # fmt: skip
+    assert rows and all(r["p50_us"] is not None and r["p999_us"] is not None for r in rows)

@@ -15,6 +15,7 @@ from streams.settings import Settings
 from streams.tracing.events import REPORT_SCHEMA, TREE_SCHEMA
 from streams.tracing.model import (
     MINUTE_MS,
+    PERCENTILE_COLUMNS,
     HourReport,
     MinuteReport,
     Outcome,
@@ -224,7 +225,8 @@ def test_rows_are_valid_report_rows() -> None:
     codec = AvroCodec(SchemaRegistry.from_directory(Settings().schemas_dir))
     decode = codec.decoder(REPORT_SCHEMA)
     for row in minute.rows(123, ReportOptions()):
-        assert decode(codec.encode(REPORT_SCHEMA, row)) == row
+        on_topic = {k: v for k, v in row.items() if k not in PERCENTILE_COLUMNS}
+        assert decode(codec.encode(REPORT_SCHEMA, row)) == on_topic
 
 
 def test_cat_duration_buckets_and_standard_deviation() -> None:
@@ -350,6 +352,8 @@ def test_a_tree_for_a_forgotten_minute_is_too_late() -> None:
     state = PartitionReports(grace_ms=0, keep_closed_ms=0)
     state.apply(tree(transaction("URL", "/a", 5, at_us=at(0))), 0)
     state.apply(tree(transaction("URL", "/a", 5, at_us=at(5))), 1)
+    assert state.close_due()
+    assert ("orders", at(0) // 1000) in state.closed  # kept for the writer of its rows
     state.close_due()
     assert state.apply(tree(transaction("URL", "/a", 5, at_us=at(0))), 2) is Outcome.TOO_LATE
 
@@ -384,3 +388,33 @@ def test_processing_in_any_batch_split_gives_the_same_rows() -> None:
     one, other = run(1), run(97)
     strip = [{k: v for k, v in r.items() if k != "closed_at_ms"} for r in one]
     assert strip == [{k: v for k, v in r.items() if k != "closed_at_ms"} for r in other]
+
+
+def test_transaction_rows_store_their_percentile_lines_and_old_rows_read_the_same() -> None:
+    minute = MinuteReport("orders", T0_US // 1000)
+    for duration in (1_000, 2_000, 3_000, 50_000, 400):
+        minute.add_tree(tree(transaction("URL", "/a", duration)), ReportOptions())
+    rows = minute.rows(0, ReportOptions())
+    row = rows_by(rows, "transaction")[("10.0.0.1", "URL", "/a")]
+    lines = LatencySketch.from_bytes(row["sketch"]).quantiles()
+    assert {column: row[column] for column in PERCENTILE_COLUMNS} == {
+        f"{label}_us": value for label, value in lines.items()
+    }
+    older = {k: v for k, v in row.items() if k not in PERCENTILE_COLUMNS}
+    assert describe_row(older) == describe_row(row)
+    assert describe_row(row)["p99_ms"] == round(lines["p99"] / 1000, 4)
+
+
+def test_an_idle_partition_closes_its_last_minute_by_the_wall_clock() -> None:
+    state = PartitionReports(grace_ms=10_000)
+    state.apply(tree(transaction("URL", "/a", 1000)), 0)
+    minute_end = T0_US // 1000 - (T0_US // 1000) % MINUTE_MS + MINUTE_MS
+    assert state.close_due() == []
+    state.advance_idle(minute_end + 9_999)  # the grace period is not over yet
+    assert state.close_due() == []
+    state.advance_idle(minute_end + 10_000)
+    closed = state.close_due()
+    assert closed and {row["closed_at_ms"] for row in closed} == {minute_end}
+    state.advance_idle(T0_US // 1000)  # the clock never moves event time back
+    assert state.watermark_ms == minute_end
+    assert state.apply(tree(transaction("URL", "/a", 5)), 1) is Outcome.LATE

@@ -140,3 +140,58 @@ def test_bad_input_is_refused_with_a_reason() -> None:
         LatencySketch.from_bytes(b"\x00")
     with pytest.raises(SketchError, match="not a"):
         LatencySketch.from_bytes(b"\x00" * 16 + b"\xff\xff\xff")
+
+
+def _library_encoding(sketch: LatencySketch) -> bytes:
+    """The encoding built with ddsketch's protobuf messages, as the first sketch version did."""
+    import struct
+
+    from ddsketch.mapping import LogarithmicMapping
+    from ddsketch.pb.ddsketch_pb2 import DDSketch, Store
+    from ddsketch.pb.proto import KeyMappingProto
+
+    store = Store()
+    if sketch.bins:
+        first, last = min(sketch.bins), max(sketch.bins)
+        store = Store(
+            contiguousBinCounts=[sketch.bins.get(k, 0.0) for k in range(first, last + 1)],
+            contiguousBinIndexOffset=first,
+        )
+    message = DDSketch(
+        mapping=KeyMappingProto.to_proto(LogarithmicMapping(0.01)),
+        positiveValues=store,
+        negativeValues=Store(),
+        zeroCount=sketch.zero_count,
+    )
+    return struct.pack(">dd", sketch.min, sketch.max) + message.SerializeToString()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(latencies, st.lists(st.floats(0.0, 3.0), max_size=20)), st.integers(0, 3))
+def test_the_hand_written_wire_format_is_the_protobuf_encoding(
+    values: list[float], zeros: int
+) -> None:
+    sketch = LatencySketch.of([*values, *[0] * zeros])
+    assert sketch.to_bytes() == _library_encoding(sketch)
+
+
+@settings(max_examples=100, deadline=None)
+@given(latencies)
+def test_encode_gives_the_bytes_and_the_report_quantiles(values: list[int]) -> None:
+    sketch = LatencySketch.of(values)
+    encoded, lines = sketch.encode()
+    assert encoded == sketch.to_bytes()
+    assert lines == sketch.quantiles() == LatencySketch.from_bytes(encoded).quantiles()
+
+
+def test_the_buckets_are_ddsketchs_own() -> None:
+    from ddsketch.ddsketch import LogCollapsingLowestDenseDDSketch
+
+    values = [1, 7, 250, 251, 9_999, 1_000_000, 3.5, 0]
+    reference = LogCollapsingLowestDenseDDSketch(0.01, bin_limit=100_000)
+    for value in values:
+        reference.add(value)
+    store = reference._store
+    reference_bins = {store.offset + i: c for i, c in enumerate(store.bins) if c}
+    sketch = LatencySketch.of(values)
+    assert sketch.bins == reference_bins and sketch.zero_count == reference._zero_count == 1
