@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from connectors.cassandra import CassandraSink, TableDefinition
 from connectors.elasticsearch import Document, ElasticsearchSink
+from connectors.mappings import KEYWORD
 from connectors.retry import Backoff, retry_async, stable_id
 from streams.bus.batching import BatchItem
 from streams.errors import RecordRejected
@@ -75,17 +76,17 @@ REPORT_BATCH_BYTES = 16_384  # rows of one (domain, report, bucket) partition pe
 LOGVIEW_MAPPINGS = {
     "dynamic": False,
     "properties": {
-        "message_id": {"type": "keyword"},
-        "root_message_id": {"type": "keyword"},
-        "parent_message_id": {"type": "keyword"},
-        "domain": {"type": "keyword"},
-        "ip": {"type": "keyword"},
-        "hostname": {"type": "keyword"},
+        "message_id": KEYWORD,
+        "root_message_id": KEYWORD,
+        "parent_message_id": KEYWORD,
+        "domain": KEYWORD,
+        "ip": KEYWORD,
+        "hostname": KEYWORD,
         "@timestamp": {"type": "date", "format": "epoch_millis"},
         "timestamp_us": {"type": "long"},
-        "type": {"type": "keyword"},
-        "name": {"type": "keyword"},
-        "status": {"type": "keyword"},
+        "type": KEYWORD,
+        "name": KEYWORD,
+        "status": KEYWORD,
         "tree": {"type": "object", "enabled": False},
     },
 }
