@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from cassandra import OperationTimedOut, Unavailable, WriteTimeout
+from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -22,7 +22,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
-from cassandra.policies import DCAwareRoundRobinPolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from connectors.retry import Backoff, retry_async
@@ -35,8 +35,13 @@ class CassandraSinkError(Exception):
     """A write failed for a reason retrying cannot fix, or a definition is invalid."""
 
 
+T = TypeVar("T")
+
+
 def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, NoHostAvailable | OperationTimedOut | Unavailable | WriteTimeout)
+    return isinstance(
+        error, NoHostAvailable | OperationTimedOut | Unavailable | WriteTimeout | ReadTimeout
+    )
 
 
 def _identifier(name: str) -> str:
@@ -115,6 +120,9 @@ class CassandraSink:
             protocol_version=5,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=10,
+            # The driver's default backs off to 600 s between reconnection attempts, so after an
+            # outage the sinks waited minutes for a server that was long back.
+            reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0),
         )
         self._session: Session | None = None
         self._prepared: dict[str, PreparedStatement] = {}
@@ -213,9 +221,24 @@ class CassandraSink:
         return len(rows)
 
     async def select(self, cql: str, parameters: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows of a query as dicts (reads for APIs and tests)."""
-        result = await asyncio.to_thread(self.session.execute, cql, parameters)
-        return [row._asdict() for row in result]
+        """Rows of a query as dicts; retried like writes while Cassandra is unreachable."""
+
+        def run() -> list[dict[str, Any]]:
+            return [row._asdict() for row in self.session.execute(cql, parameters)]
+
+        return await self.retrying(run, "select")
+
+    async def retrying(self, call: Callable[[], T], what: str) -> T:
+        """Run a blocking driver call in a thread, retrying it through outages and timeouts.
+
+        Agents read before they change state (restoring minutes, reloading late points), so a
+        read that fails during an outage must wait like a write rather than crash the worker.
+        """
+
+        async def attempt() -> T:
+            return await asyncio.to_thread(call)
+
+        return await retry_async(attempt, _is_retryable, self.backoff, f"{what} on {self.keyspace}")
 
     def close(self) -> None:
         self.cluster.shutdown()

@@ -213,7 +213,7 @@ class ReportStore:
         values: list[Any] = [domain, report, bucket_of(period, start_ms), start_ms, host]
         if type_ is not None:
             values.append(type_)
-        found = await asyncio.to_thread(self._select_tuples, cql, values)
+        found = await self.sink.retrying(lambda: self._select_tuples(cql, values), "report read")
         fixed = {"report": report, "period": period, "domain": domain}
         rows = [{**fixed, **dict(zip(columns, values, strict=True))} for values in found]
         if report == "transaction" and any(row["count"] and row["p50_us"] is None for row in rows):
@@ -226,11 +226,12 @@ class ReportStore:
         """The minute index entries of a minute or hour ((minute, revision, last offset) each),
         written after the rows: equal entries mean equal stored rows. None: nothing closed."""
         end_ms = start_ms + (HOUR_MS if period == "hour" else MINUTE_MS)
-        found = await asyncio.to_thread(
-            self._select_tuples,
+        cql = (
             f"SELECT period_start_ms, revision, last_offset FROM {self.sink.keyspace}."
-            f"{MINUTES.name} WHERE domain = ? AND period_start_ms >= ? AND period_start_ms < ?",
-            [domain, start_ms, end_ms],
+            f"{MINUTES.name} WHERE domain = ? AND period_start_ms >= ? AND period_start_ms < ?"
+        )
+        found = await self.sink.retrying(
+            lambda: self._select_tuples(cql, [domain, start_ms, end_ms]), "minute index read"
         )
         return tuple(found) if found else None
 

@@ -9,6 +9,7 @@ are JSON; the transaction report also speaks CAT's XML with `format=xml`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 TAG = "tracing"
 MAX_CHAIN_TREES = 1000
+# A report read waits out short Cassandra hiccups (reads retry), then answers 503.
+REPORT_READ_TIMEOUT_S = 15.0
 
 
 class ReportReader:
@@ -180,9 +183,17 @@ def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> No
                 allowed = "json or xml" if self.report_kind == "transaction" else "json"
                 return self.json(error_body("format", f"must be {allowed}"), status=400)
             try:
-                body = await reader.answer(self.report_kind, query, output)
+                body = await asyncio.wait_for(
+                    reader.answer(self.report_kind, query, output), REPORT_READ_TIMEOUT_S
+                )
             except ReportQueryError as error:
                 return self.json(error_body(error.parameter, str(error)), status=400)
+            except TimeoutError:
+                return self.json(
+                    error_body(None, "Cassandra did not answer in time; try again shortly"),
+                    status=503,
+                    headers={"Retry-After": "5"},
+                )
             if output == "xml":
                 return self.bytes(body, content_type="application/xml")
             return self.bytes(body, content_type="application/json")
