@@ -4,7 +4,7 @@ The planner reads hour and minute rollups for the whole hours and minutes of the
 the first aggregator is a range aggregator whose buckets are unions of whole minutes, and raw
 points for the partial minutes at the edges and for everything else. A bucket's aggregate is the
 merge of its pieces, so both plans give the same answer (sums to float rounding; percentiles
-exactly, since both come from the same sketch bins).
+exactly, since both come from the same sketch bins, merged as arrays in columns.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import numpy as np
 from streams.metrics.columns import (
     COLUMNAR_AGGREGATORS,
     FIELDS_OF_AGGREGATOR,
+    SKETCH,
     Columns,
     aggregator_values,
+    bucket_quantiles,
     merge_by_bucket,
 )
 from streams.metrics.ingest import KairosErrors
@@ -375,8 +377,9 @@ def _aggregator(raw: Any, where: str) -> AggregatorSpec:
 class Plan:
     """Where to read: raw ranges, whole minutes and whole hours (inclusive ms bounds).
 
-    `fields` are the aggregate fields the first aggregator needs (see columns.py); empty when
-    the rollups must be read whole, with their sketches (percentile).
+    `fields` are the aggregate fields the first aggregator needs (see columns.py), with
+    columns.SKETCH for a percentile (its sketch bins come from the packed minute rows, for whole
+    hours too); empty when the rollups must be read as objects.
     """
 
     raw: tuple[tuple[int, int], ...]
@@ -582,37 +585,19 @@ def range_aggregate(
 ) -> Points:
     """A range aggregator over points and rollup pieces whose bucket is known by their start.
 
-    Percentile and least_squares merge objects (sketches, points); the others merge arrays.
+    least_squares works on points; the others merge arrays (percentile: sketch bins).
     """
     if spec.name in COLUMNAR_AGGREGATORS:
         return _range_aggregate_columns(spec, start, points, pieces, columns)
-    if columns:
-        raise ValueError(f"{spec.name} needs rollups with sketches, not columns")
+    if columns or pieces:
+        raise ValueError(f"{spec.name} works on raw points, not rollups")
     buckets = spec.buckets(start)
     by_bucket: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for timestamp, value in points:
         by_bucket[buckets.start_of(timestamp)].append((timestamp, value))
-    piece_buckets: dict[int, list[Aggregate]] = defaultdict(list)
-    for piece_start, piece in pieces:
-        piece_buckets[buckets.start_of(piece_start)].append(piece)
     output: Points = []
-    for bucket in sorted(set(by_bucket) | set(piece_buckets)):
-        bucket_points = by_bucket.get(bucket, [])
-        if spec.name == "least_squares":
-            output.extend(_least_squares(bucket_points))
-            continue
-        aggregate = Aggregate.of_points(bucket_points)
-        for piece in piece_buckets.get(bucket, ()):
-            aggregate.merge(piece)
-        if aggregate.count == 0:
-            continue
-        if spec.align_start_time:
-            timestamp = bucket
-        elif spec.align_end_time:
-            timestamp = buckets.end_of(bucket)
-        else:
-            timestamp = aggregate.first_ts
-        output.append((timestamp, aggregate.quantile(spec.percentile)))
+    for bucket in sorted(by_bucket):
+        output.extend(_least_squares(by_bucket[bucket]))
     return output
 
 
@@ -624,15 +609,22 @@ def _range_aggregate_columns(
     columns: Sequence[Columns],
 ) -> Points:
     fields = FIELDS_OF_AGGREGATOR[spec.name]
+    sketch = SKETCH in fields
     parts = [*columns]
     if points:
-        parts.append(Columns.of_points(points))
+        parts.append(Columns.of_points(points, sketch=sketch))
     if pieces:
-        parts.append(Columns.of_aggregates(pieces))
+        parts.append(Columns.of_aggregates(pieces, sketch=sketch))
     merged_input = Columns.concat(parts, fields)
     buckets = spec.buckets(start)
-    merged = merge_by_bucket(merged_input, _bucket_starts(buckets, merged_input.start), fields)
-    values = aggregator_values(spec.name, merged).tolist()
+    bucket_of = _bucket_starts(buckets, merged_input.start)
+    merged = merge_by_bucket(merged_input, bucket_of, fields)
+    if sketch and merged_input.sketch is not None:  # concat of SKETCH always has the bins
+        values = bucket_quantiles(
+            merged_input.sketch, bucket_of, merged.buckets, spec.percentile
+        ).tolist()
+    else:
+        values = aggregator_values(spec.name, merged).tolist()
     if spec.align_start_time:
         stamps = merged.buckets.tolist()
     elif spec.align_end_time:

@@ -11,10 +11,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from cassandra import InvalidRequest
 from cassandra.query import PreparedStatement
 
-from connectors.cassandra import CassandraSink
-from streams.metrics.columns import Columns, packed_columns_for, unpack_minutes
+from connectors.cassandra import CassandraSink, TableDefinition
+from streams.metrics.columns import (
+    SKETCH,
+    Columns,
+    MissingSketchColumns,
+    packed_columns_for,
+    unpack_minutes,
+)
 from streams.metrics.model import ROW_WIDTH_MS, tags_from_text
 from streams.metrics.query import Plan, SeriesData
 from streams.metrics.rollup import Aggregate, hour_of
@@ -51,8 +58,35 @@ class MetricStore:
                 return
             await self.sink.open()
             for table in ALL_TABLES:
+                await self._add_missing_columns(table)
                 await self.sink.ensure_table(table)
             self._ready = True
+
+    async def _add_missing_columns(self, table: TableDefinition) -> None:
+        """Columns added to a table since a keyspace was created (the packed sketch bins)."""
+        missing = await self._missing_columns(table)
+        if not missing:
+            return
+        added = ", ".join(f"{c} {table.columns[c]}" for c in missing)
+        try:
+            await asyncio.to_thread(
+                self.sink.session.execute,
+                f"ALTER TABLE {self.sink.keyspace}.{table.name} ADD ({added})",
+            )
+        except InvalidRequest:
+            if await self._missing_columns(table):  # not just another worker adding them first
+                raise
+
+    async def _missing_columns(self, table: TableDefinition) -> list[str]:
+        """Columns of `table` an existing table of that name lacks (none if it does not exist)."""
+        rows = await asyncio.to_thread(
+            self.sink.session.execute,
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name=%s "
+            "AND table_name=%s",
+            (self.sink.keyspace, table.name),
+        )
+        existing = {row.column_name for row in rows}
+        return [c for c in table.columns if existing and c not in existing]
 
     def _prepared(self, cql: str) -> PreparedStatement:
         statement = self._statements.get(cql)
@@ -251,7 +285,15 @@ class MetricStore:
     async def _rollup_columns(
         self, metric: str, texts: Sequence[str], plan: Plan, found: dict[str, SeriesData]
     ) -> None:
-        """Packed minute rows and hour rows as arrays of the fields the plan needs."""
+        """Packed minute rows and hour rows as arrays of the fields the plan needs.
+
+        A percentile reads its whole hours from the packed rows too (the hour rows carry their
+        sketch only as a protobuf); packed rows written before sketch bins were packed send it
+        back to the `rollups_1m`/`rollups_1h` objects.
+        """
+        sketch = SKETCH in plan.fields
+        minute_ranges = plan.minutes + plan.hours if sketch else plan.minutes
+        hour_ranges = () if sketch else plan.hours
         packed = ", ".join(packed_columns_for(plan.fields))
         minute_reads = [
             self._by_series(
@@ -262,7 +304,7 @@ class MetricStore:
                 hour_of(low),
                 high,
             )
-            for low, high in plan.minutes
+            for low, high in minute_ranges
         ]
         hour_reads = [
             self._by_series(
@@ -273,18 +315,21 @@ class MetricStore:
                 low,
                 high,
             )
-            for low, high in plan.hours
+            for low, high in hour_ranges
         ]
         minute_pages, hour_pages = await asyncio.gather(
             asyncio.gather(*minute_reads), asyncio.gather(*hour_reads)
         )
         parts: dict[str, list[Columns]] = defaultdict(list)
-        for page, (low, high) in zip(minute_pages, plan.minutes, strict=True):
+        for page, (low, high) in zip(minute_pages, minute_ranges, strict=True):
             read = list(page)
             groups = [[row[1:] for row in page[text]] for text in read]
-            for text, columns in zip(
-                read, unpack_minutes(groups, plan.fields, low, high), strict=True
-            ):
+            try:
+                unpacked = unpack_minutes(groups, plan.fields, low, high)
+            except MissingSketchColumns:
+                await self._rollup_pieces(metric, texts, plan, found)
+                return
+            for text, columns in zip(read, unpacked, strict=True):
                 parts[text].append(columns)
         for page in hour_pages:
             for text, rows in page.items():

@@ -9,7 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from connectors.cassandra import TableDefinition
-from streams.metrics.columns import PACKED_COLUMNS, PACKED_OFFSETS, pack_minutes
+from streams.metrics.columns import (
+    PACKED_COLUMNS,
+    PACKED_OFFSETS,
+    PACKED_SKETCH_COLUMNS,
+    pack_minutes,
+)
 from streams.metrics.model import row_time
 from streams.metrics.rollup import Aggregate, SeriesId
 
@@ -55,12 +60,19 @@ def _rollup_table(name: str) -> TableDefinition:
 ROLLUPS_MINUTE = _rollup_table("rollups_1m")
 ROLLUPS_HOUR = _rollup_table("rollups_1h")
 
-# The minute rollups of one series-hour packed into one row, one array per field (see
-# columns.pack_minutes), without sketches: what non-percentile queries read, 24 rows a day.
+# The minute rollups of one series-hour packed into one row, one array per field and the
+# sketches' bins as arrays (see columns.pack_minutes): what rollup queries read, 24 rows a day.
 ROLLUPS_MINUTE_PACKED = TableDefinition(
     name="rollups_1m_packed",
     columns={"metric": "text", "row_time": "bigint", "tags": "text", "ts": "bigint"}
-    | {column: "blob" for column in (PACKED_OFFSETS[0], *(c for c, _ in PACKED_COLUMNS.values()))},
+    | {
+        column: "blob"
+        for column in (
+            PACKED_OFFSETS[0],
+            *(c for c, _ in PACKED_COLUMNS.values()),
+            *PACKED_SKETCH_COLUMNS,
+        )
+    },
     partition_key=("metric", "row_time", "tags"),
     clustering=("ts",),
 )
@@ -133,7 +145,10 @@ def rollup_row(key: tuple[SeriesId, int], aggregate: Aggregate) -> dict[str, Any
 
 
 def packed_row(key: tuple[SeriesId, int], minutes: dict[int, Aggregate]) -> dict[str, Any]:
-    """The rollups_1m_packed row of one series-hour from its minute aggregates."""
+    """The rollups_1m_packed row of one series-hour from its minute aggregates (with sketches).
+
+    The one place that builds packed rows: the rollup agent, deletes and backfill all call it.
+    """
     (metric, tags), hour = key
     return {"metric": metric, "row_time": row_time(hour), "tags": tags, "ts": hour} | (
         pack_minutes(hour, minutes)

@@ -7,8 +7,11 @@ N `stackstream.logs.LogRecord` lines (WARN/ERROR of 7 services, all within quota
 once to a fresh `logs.records` topic (prefix unique to this run), then indexed twice into
 separate index prefixes with the same composable template (ECS mappings, 0 replicas):
 
-(a) a `stackstream worker` child process (every domain registered, as in production); its
-    `sinks.logs_to_elasticsearch` agent governs (level, quota, masking, size) and bulk-indexes;
+(a) a `stackstream worker` child process running the logs domain (`--domains`, default
+    `bus,logs`; an empty value runs every domain, as one all-in-one production worker would,
+    which also spends the same cores on the metrics sink writing the volume points to
+    Cassandra); its `sinks.logs_to_elasticsearch` agent governs (level, quota, masking, size)
+    and bulk-indexes;
 (b) a confluent-kafka `Consumer` in this process: `consume(1000)`, decode with the codec,
     `ecs_document` + `stable_id`, `elasticsearch.helpers.bulk`, commit after the bulk.
 
@@ -234,6 +237,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of both paths")
     parser.add_argument("--kafka", default=None)
     parser.add_argument("--elasticsearch", default=None)
+    parser.add_argument(
+        "--domains", default="bus,logs", help="the worker's domains; empty: every domain"
+    )
     args = parser.parse_args()
 
     from elasticsearch import Elasticsearch
@@ -254,6 +260,7 @@ def main() -> None:
         "table_store": "memory",
         "web_port": free_port(),
         "logs_quota_per_minute": 10**9,
+        "domains": args.domains,
     }
     if args.kafka:
         overrides["kafka"] = args.kafka

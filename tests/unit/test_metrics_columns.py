@@ -12,16 +12,32 @@ from hypothesis import strategies as st
 from streams.metrics.columns import (
     FIELDS,
     FIELDS_OF_AGGREGATOR,
+    PACKED_SKETCH_COLUMNS,
+    SKETCH,
     Columns,
+    MissingSketchColumns,
     PackedRowError,
+    SketchBins,
     aggregator_values,
+    bucket_quantiles,
     merge_by_bucket,
     pack_minutes,
     packed_columns_for,
     unpack_minutes,
 )
 from streams.metrics.query import Plan, SeriesData, answer_metric, parse_query, plan_metric
-from streams.metrics.rollup import HOUR_MS, MINUTE_MS, Aggregate, merge_all, minute_of
+from streams.metrics.rollup import (
+    HOUR_MS,
+    MINUTE_MS,
+    Aggregate,
+    PartitionRollups,
+    merge_all,
+    minute_of,
+    new_sketch,
+    sketch_bytes,
+    sketch_from_bytes,
+)
+from streams.metrics.tables import ROLLUPS_MINUTE_PACKED, packed_row
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS
 values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).map(lambda v: round(v, 3))
@@ -42,15 +58,47 @@ def _row(hour: int, packed: dict[str, bytes], fields: frozenset[str] | tuple) ->
     return (hour, *(packed[column] for column in packed_columns_for(fields)))
 
 
+ALL_FIELDS = (*FIELDS, SKETCH)
+
+
+def _same_bins(left: SketchBins, right: SketchBins) -> None:
+    assert left.zero.tolist() == right.zero.tolist()
+    for a, b in ((left.positive, right.positive), (left.negative, right.negative)):
+        assert [x.tolist() for x in a] == [x.tolist() for x in b]
+
+
 @given(hour_points)
 def test_packed_minutes_unpack_to_the_same_aggregates(points: dict) -> None:
     minutes = _minutes(points, T0)
     packed = pack_minutes(T0, minutes)
-    (columns,) = unpack_minutes([[_row(T0, packed, FIELDS)]], FIELDS, T0, T0 + HOUR_MS - 1)
-    expected = Columns.of_aggregates(sorted(minutes.items()))
+    (columns,) = unpack_minutes([[_row(T0, packed, ALL_FIELDS)]], ALL_FIELDS, T0, T0 + HOUR_MS - 1)
+    expected = Columns.of_aggregates(sorted(minutes.items()), sketch=True)
     assert columns.start.tolist() == expected.start.tolist()
     for field in FIELDS:
         assert columns.fields[field].tolist() == expected.fields[field].tolist(), field
+    assert columns.sketch is not None and expected.sketch is not None
+    _same_bins(columns.sketch, expected.sketch)
+
+
+def test_packed_row_has_every_column_of_its_table_and_sketch_bins_per_minute() -> None:
+    minutes = _minutes({0: -2.0, 1: 0.0, 2: 3.0, 3: 3.0, MINUTE_MS: 1e-3}, T0)
+    row = packed_row((("m", "host=a"), T0), minutes)
+    assert set(row) == set(ROLLUPS_MINUTE_PACKED.columns)
+    assert np.frombuffer(row["zero_counts"], "<u4").tolist() == [1, 0]
+    assert np.frombuffer(row["positive_lengths"], "<u4").tolist() == [1, 1]
+    assert np.frombuffer(row["positive_counts"], "<u4").tolist() == [2, 1]
+    assert np.frombuffer(row["negative_lengths"], "<u4").tolist() == [1, 0]
+    mapping = new_sketch()._mapping
+    keys = np.frombuffer(row["positive_keys"], "<i4").tolist()
+    assert keys == [mapping.key(3.0), mapping.key(1e-3)]
+
+
+def test_a_packed_row_without_sketch_columns_asks_for_the_object_path() -> None:
+    packed = pack_minutes(T0, _minutes({0: 1.0}, T0))
+    row = list(_row(T0, packed, ALL_FIELDS))
+    row[-len(PACKED_SKETCH_COLUMNS)] = None
+    with pytest.raises(MissingSketchColumns):
+        unpack_minutes([[tuple(row)]], ALL_FIELDS, T0, T0 + HOUR_MS)
 
 
 def test_unpack_reads_only_the_chosen_fields_and_minutes_of_each_series() -> None:
@@ -109,7 +157,11 @@ def test_array_merge_equals_merging_aggregates(raw: list, name: str) -> None:
     for start, aggregate in aggregates:
         by_bucket[start].append(aggregate)
     assert merged.buckets.tolist() == sorted(by_bucket)
-    got = aggregator_values(name, merged).tolist()
+    if name == "percentile":
+        columns = Columns.of_aggregates(aggregates, sketch=True)
+        got = bucket_quantiles(columns.sketch, columns.start, merged.buckets, 0.75).tolist()
+    else:
+        got = aggregator_values(name, merged).tolist()
     for index, bucket in enumerate(sorted(by_bucket)):
         expected = merge_all(by_bucket[bucket])
         assert merged.fields["count"][index] == expected.count
@@ -123,6 +175,7 @@ def test_array_merge_equals_merging_aggregates(raw: list, name: str) -> None:
             "first": expected.first_value,
             "last": expected.last_value,
             "dev": expected.std_dev(),
+            "percentile": expected.quantile(0.75),
         }[name]
         assert got[index] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
@@ -149,7 +202,7 @@ def test_the_plan_names_the_fields_its_aggregator_needs() -> None:
     assert plan({"name": "avg", "sampling": minute}).fields == {"count", "first_ts", "total"}
     assert plan({"name": "last", "sampling": minute}).fields >= {"last_ts", "last_value"}
     percentile = plan({"name": "percentile", "percentile": 0.5, "sampling": minute})
-    assert percentile.fields == frozenset() and percentile.needs_sketch
+    assert percentile.fields == {"count", "first_ts", SKETCH} and percentile.needs_sketch
 
 
 series_points = st.dictionaries(
@@ -169,7 +222,8 @@ def _read_like_the_store(plan: Plan, points_by_host: dict) -> list[SeriesData]:
         if not plan.fields:
             continue
         parts = []
-        for low, high in plan.minutes:
+        sketch = SKETCH in plan.fields
+        for low, high in plan.minutes + plan.hours if sketch else plan.minutes:
             rows = []
             for hour in range(low - low % HOUR_MS, high + 1, HOUR_MS):
                 inside = {t - hour: v for t, v in points if hour <= t < hour + HOUR_MS}
@@ -178,7 +232,7 @@ def _read_like_the_store(plan: Plan, points_by_host: dict) -> list[SeriesData]:
                     rows.append(_row(hour, packed, plan.fields))
             parts += unpack_minutes([rows], plan.fields, low, high)
         hour_rows = []
-        for low, high in plan.hours:
+        for low, high in () if sketch else plan.hours:
             by_hour: dict[int, list] = defaultdict(list)
             for t, v in points:
                 if low <= t <= high:
@@ -204,10 +258,10 @@ def test_packed_rollup_answers_equal_raw_answers(
     data: dict, name: str, sampling: tuple, start: int, end: int, group: bool
 ) -> None:
     points = {host: sorted((T0 + t, v) for t, v in pts.items()) for host, pts in data.items()}
-    metric: dict = {
-        "name": "cpu",
-        "aggregators": [{"name": name, "sampling": {"value": sampling[0], "unit": sampling[1]}}],
-    }
+    aggregator = {"name": name, "sampling": {"value": sampling[0], "unit": sampling[1]}}
+    if name == "percentile":
+        aggregator["percentile"] = 0.9
+    metric: dict = {"name": "cpu", "aggregators": [aggregator]}
     if group:
         metric["group_by"] = [{"name": "tag", "tags": ["host"]}]
     query = parse_query({"start_absolute": T0 + start, "end_absolute": T0 + end,
@@ -227,3 +281,126 @@ def test_packed_rollup_answers_equal_raw_answers(
         for (ta, va), (tb, vb) in zip(left["values"], right["values"], strict=True):
             assert ta == tb
             assert va == pytest.approx(vb, rel=1e-9, abs=1e-6)
+
+
+# Values that reach every part of a sketch: negative and positive stores, the zero count (0, and
+# magnitudes below the mapping's smallest distinguishable value), and extreme keys.
+sketch_values = st.one_of(
+    values,
+    st.sampled_from([0.0, -0.0, 1e-310, -1e-310, 2.5e-308, 1e300, -1e300, 0.5, 0.505, -7.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=4), sketch_values), max_size=60),
+    st.lists(st.integers(min_value=0, max_value=4), max_size=5),
+    st.floats(min_value=0.0, max_value=1.0),
+)
+def test_bucket_quantiles_equal_ddsketch_on_the_same_values(
+    entries: list, pieces_per_bucket: list, q: float
+) -> None:
+    """Per bucket, the merged bins give DDSketch's own get_quantile_value, bit for bit: values
+    added one by one (raw edge points) and whole sketches (minutes, after a protobuf round
+    trip as rollups_1m stores them) in any mix."""
+    sketches, starts, points = [], [], []
+    for index, (bucket, value) in enumerate(entries):
+        if index % 3 == 0:
+            points.append((bucket, value))
+            continue
+        sketch = new_sketch()
+        sketch.add(value)
+        if index % 2:
+            sketch = sketch_from_bytes(sketch_bytes(sketch))
+        sketches.append(sketch)
+        starts.append(bucket)
+    for bucket in pieces_per_bucket:
+        sketches.append(new_sketch())  # an empty piece changes nothing
+        starts.append(bucket)
+    bins = SketchBins.concat(
+        [
+            SketchBins.of_sketches(sketches),
+            SketchBins.of_values(np.array([v for _, v in points], np.float64)),
+        ]
+    )
+    bucket_of = np.array(starts + [b for b, _ in points], np.int64)
+    buckets = np.unique(bucket_of)
+    got = bucket_quantiles(bins, bucket_of, buckets, q).tolist()
+    for index, bucket in enumerate(buckets.tolist()):
+        reference = new_sketch()
+        for bucket_index, value in entries:
+            if bucket_index == bucket:
+                reference.add(value)
+        want = reference.get_quantile_value(q)
+        assert got[index] == (0.0 if want is None else float(want))
+        assert np.copysign(1.0, got[index]) == np.copysign(1.0, float(want or 0.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    series_points.map(
+        lambda data: {
+            h: {t: v * (-1) ** (t % 3) for t, v in pts.items()} for h, pts in data.items()
+        }
+    ),
+    st.sampled_from([(1, "minutes"), (7, "minutes"), (1, "hours"), (2, "hours")]),
+    st.integers(min_value=0, max_value=HOUR_MS),
+    st.integers(min_value=HOUR_MS, max_value=3 * HOUR_MS),
+    st.sampled_from([0.01, 0.5, 0.9, 0.99, 1.0]),
+    st.booleans(),
+)
+def test_percentiles_from_packed_rollups_equal_ddsketch_over_the_raw_points(
+    data: dict, sampling: tuple, start: int, end: int, q: float, group: bool
+) -> None:
+    """The rollup plan (raw edge minutes, packed minute and hour sketches) answers what a
+    DDSketch of each bucket's raw points answers, exactly, with the first point's timestamp."""
+    points = {host: sorted((T0 + t, v) for t, v in pts.items()) for host, pts in data.items()}
+    metric: dict = {"name": "lat", "aggregators": [
+        {"name": "percentile", "percentile": q,
+         "sampling": {"value": sampling[0], "unit": sampling[1]}}]}  # fmt: skip
+    if group:
+        metric["group_by"] = [{"name": "tag", "tags": ["host"]}]
+    query = parse_query({"start_absolute": T0 + start, "end_absolute": T0 + end,
+                         "metrics": [metric]}, 0)  # fmt: skip
+    spec = query.metrics[0]
+    plan = plan_metric(spec, query.start, query.end)
+    if end - start >= 2 * MINUTE_MS:
+        assert plan.uses_rollups and SKETCH in plan.fields
+    answer = answer_metric(spec, query.start, query.end, _read_like_the_store(plan, points))
+    width = sampling[0] * (MINUTE_MS if sampling[1] == "minutes" else HOUR_MS)
+    groups = {host: [host] for host in sorted(points)} if group else {"": sorted(points)}
+    for result, hosts in zip(answer["results"], groups.values(), strict=True):
+        buckets: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for host in hosts:
+            for t, v in points[host]:
+                if query.start <= t <= query.end:
+                    buckets[t - t % width].append((t, v))
+        expected = []
+        for bucket in sorted(buckets):
+            sketch = new_sketch()
+            for _, v in buckets[bucket]:
+                sketch.add(v)
+            value = sketch.get_quantile_value(q)
+            expected.append([min(t for t, _ in buckets[bucket]), float(value)])
+        assert result["values"] == expected
+
+
+def test_a_late_point_rewrites_its_hour_packed_row_with_the_right_sketch_bins() -> None:
+    series = ("lat", "host=a")
+    state = PartitionRollups(grace_ms=0)
+    state.apply([(series, T0 + 1000, 5.0), (series, T0 + 61_000, -3.0)])
+    state.apply([(series, T0 + 3 * MINUTE_MS, 0.0)])
+    assert state.minutes_to_load([(series, T0 + 2000)]) == {(series, T0)}
+    state.load_minute((series, T0), [(T0 + 1000, 5.0)])  # what raw_points holds
+    changes = state.apply([(series, T0 + 2000, 7.0)])
+    assert changes.late_points == 1
+    everything = {1000: 5.0, 2000: 7.0, 61_000: -3.0, 3 * MINUTE_MS: 0.0}
+    written = packed_row((series, T0), changes.hour_minutes[(series, T0)])
+    assert written == packed_row((series, T0), _minutes(everything, T0))
+    (columns,) = unpack_minutes([[_row(T0, written, ALL_FIELDS)]], ALL_FIELDS, T0, T0 + HOUR_MS - 1)
+    bucket = np.zeros(len(columns), np.int64)
+    got = bucket_quantiles(columns.sketch, bucket, np.array([0]), 0.7).tolist()
+    reference = new_sketch()
+    for value in everything.values():
+        reference.add(value)
+    assert got == [reference.get_quantile_value(0.7)]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.errors import RecordRejected
+from streams.metrics.columns import PACKED_SKETCH_COLUMNS
 from streams.metrics.deletes import (
     delete_records,
     matches,
@@ -22,6 +23,7 @@ from streams.metrics.deletes import (
 from streams.metrics.ingest import KairosErrors
 from streams.metrics.model import EARLIEST_MS, LATEST_MS, ROW_WIDTH_MS, tags_text
 from streams.metrics.rollup import HOUR_MS, MINUTE_MS, Aggregate, PartitionRollups, minute_of
+from streams.metrics.tables import packed_row
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS
 ROW = T0 - T0 % ROW_WIDTH_MS
@@ -147,7 +149,8 @@ def test_rollups_rebuilt_after_a_delete_equal_rollups_of_the_remaining_points(
         minutes[minute_of(t)][t] = v
     by_hour: dict[int, dict[int, Aggregate]] = defaultdict(dict)
     for minute, ps in minutes.items():
-        by_hour[minute - minute % HOUR_MS][minute] = Aggregate.of_points(sorted(ps.items()))
+        stored_row = Aggregate.of_points(sorted(ps.items())).row()  # as rollups_1m holds it
+        by_hour[minute - minute % HOUR_MS][minute] = Aggregate.from_row(stored_row)
     plan = row_delete(ROW, start, end)
     assert plan is not None
     after: dict[int, dict[int, Aggregate]] = {
@@ -189,6 +192,17 @@ def test_rollups_rebuilt_after_a_delete_equal_rollups_of_the_remaining_points(
         else:
             assert aggregate is not None and aggregate.count == len(inside)
             assert aggregate.maximum == max(v for _, v in inside)
+    series = ("cpu", "host=a")
+    for hour, left_minutes in after.items():
+        wanted = {
+            m: Aggregate.of_points(ps) for m, ps in expected.items() if m - m % HOUR_MS == hour
+        }
+        got_row, want_row = (
+            packed_row((series, hour), left_minutes),
+            packed_row((series, hour), wanted),
+        )
+        for column in PACKED_SKETCH_COLUMNS:
+            assert got_row[column] == want_row[column], column
 
 
 def test_forgotten_minutes_and_hours_are_read_again_before_new_points() -> None:
