@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra import InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -38,7 +38,8 @@ class CassandraSinkError(Exception):
 T = TypeVar("T")
 
 
-def _is_retryable(error: BaseException) -> bool:
+def is_retryable(error: BaseException) -> bool:
+    """Errors an outage or an overloaded server causes: waiting and trying again can fix them."""
     return isinstance(
         error, NoHostAvailable | OperationTimedOut | Unavailable | WriteTimeout | ReadTimeout
     )
@@ -145,20 +146,42 @@ class CassandraSink:
                 f"{{'class': 'SimpleStrategy', 'replication_factor': {self.replication_factor}}}",
             )
 
-        await retry_async(connect, _is_retryable, self.backoff, f"keyspace {self.keyspace}")
+        await retry_async(connect, is_retryable, self.backoff, f"keyspace {self.keyspace}")
 
     async def ensure_table(self, table: TableDefinition) -> None:
-        """Create the table if missing and prepare its upsert."""
+        """Create the table if missing, add the columns a table of an older version lacks, and
+        prepare its upsert. Old rows keep null in the new columns."""
         cql = table.create_cql(self.keyspace)
 
         async def create() -> None:
             await asyncio.to_thread(self.session.execute, cql)
+            await asyncio.to_thread(self._add_missing_columns, table)
             self._prepared[table.name] = await asyncio.to_thread(
                 self.session.prepare, table.upsert_cql(self.keyspace)
             )
 
-        await retry_async(create, _is_retryable, self.backoff, f"table {table.name}")
+        await retry_async(create, is_retryable, self.backoff, f"table {table.name}")
         self._tables[table.name] = table
+
+    def _add_missing_columns(self, table: TableDefinition) -> None:
+        missing = self._missing_columns(table)
+        if not missing:
+            return
+        added = ", ".join(f"{column} {table.columns[column]}" for column in missing)
+        try:
+            self.session.execute(f"ALTER TABLE {self.keyspace}.{table.name} ADD ({added})")
+        except InvalidRequest:
+            if self._missing_columns(table):  # not just another worker adding them first
+                raise
+
+    def _missing_columns(self, table: TableDefinition) -> list[str]:
+        rows = self.session.execute(
+            "SELECT column_name FROM system_schema.columns "
+            "WHERE keyspace_name = %s AND table_name = %s",
+            (self.keyspace, table.name),
+        )
+        present = {row.column_name for row in rows}
+        return [column for column in table.columns if column not in present]
 
     async def upsert(
         self,
@@ -217,7 +240,7 @@ class CassandraSink:
             results = await asyncio.to_thread(run)
             del results
 
-        await retry_async(write, _is_retryable, self.backoff, f"upsert into {table}")
+        await retry_async(write, is_retryable, self.backoff, f"upsert into {table}")
         return len(rows)
 
     async def select(self, cql: str, parameters: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -238,7 +261,7 @@ class CassandraSink:
         async def attempt() -> T:
             return await asyncio.to_thread(call)
 
-        return await retry_async(attempt, _is_retryable, self.backoff, f"{what} on {self.keyspace}")
+        return await retry_async(attempt, is_retryable, self.backoff, f"{what} on {self.keyspace}")
 
     def close(self) -> None:
         self.cluster.shutdown()

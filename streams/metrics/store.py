@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cassandra import InvalidRequest
 from cassandra.query import PreparedStatement
 
-from connectors.cassandra import CassandraSink, TableDefinition
+from connectors.cassandra import CassandraSink, is_retryable
+from connectors.retry import retry_async
 from streams.metrics.columns import (
     SKETCH,
     Columns,
@@ -58,35 +58,8 @@ class MetricStore:
                 return
             await self.sink.open()
             for table in ALL_TABLES:
-                await self._add_missing_columns(table)
                 await self.sink.ensure_table(table)
             self._ready = True
-
-    async def _add_missing_columns(self, table: TableDefinition) -> None:
-        """Columns added to a table since a keyspace was created (the packed sketch bins)."""
-        missing = await self._missing_columns(table)
-        if not missing:
-            return
-        added = ", ".join(f"{c} {table.columns[c]}" for c in missing)
-        try:
-            await asyncio.to_thread(
-                self.sink.session.execute,
-                f"ALTER TABLE {self.sink.keyspace}.{table.name} ADD ({added})",
-            )
-        except InvalidRequest:
-            if await self._missing_columns(table):  # not just another worker adding them first
-                raise
-
-    async def _missing_columns(self, table: TableDefinition) -> list[str]:
-        """Columns of `table` an existing table of that name lacks (none if it does not exist)."""
-        rows = await asyncio.to_thread(
-            self.sink.session.execute,
-            "SELECT column_name FROM system_schema.columns WHERE keyspace_name=%s "
-            "AND table_name=%s",
-            (self.sink.keyspace, table.name),
-        )
-        existing = {row.column_name for row in rows}
-        return [c for c in table.columns if existing and c not in existing]
 
     def _prepared(self, cql: str) -> PreparedStatement:
         statement = self._statements.get(cql)
@@ -96,7 +69,16 @@ class MetricStore:
         return statement
 
     async def execute(self, cql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        """All rows of one prepared query (every page), without blocking the event loop."""
+        """All rows of one prepared query (every page), without blocking the event loop;
+        retried through outages, since the agents read before they change state."""
+        return await retry_async(
+            lambda: self._execute_once(cql, parameters),
+            is_retryable,
+            self.sink.backoff,
+            "metrics query",
+        )
+
+    async def _execute_once(self, cql: str, parameters: Sequence[Any]) -> list[Any]:
         statement = self._prepared(cql)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Any]] = loop.create_future()

@@ -28,7 +28,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
 from cassandra.query import PreparedStatement, tuple_factory
 from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.cassandra import CassandraSink, TableDefinition
+from connectors.cassandra import CassandraSink
 from connectors.elasticsearch import Document, ElasticsearchSink
 from connectors.mappings import KEYWORD
 from connectors.retry import Backoff, retry_async, stable_id
@@ -124,31 +124,11 @@ class ReportStore:
                 return
             await self.sink.open()
             for table in TABLES:
-                await asyncio.to_thread(self._add_missing_columns, table)
                 await self.sink.ensure_table(table)
             self._tuples = self.sink.session.execution_profile_clone_update(
                 EXEC_PROFILE_DEFAULT, row_factory=tuple_factory
             )
             self._ready = True
-
-    def _add_missing_columns(self, table: TableDefinition) -> None:
-        """Tables of an older version (e.g. without the percentile columns) get the new
-        columns; their old rows read as before (percentiles then come from the sketch)."""
-        session = self.sink.session
-        session.execute(table.create_cql(self.sink.keyspace))
-        present = {
-            row.column_name
-            for row in session.execute(
-                "SELECT column_name FROM system_schema.columns "
-                "WHERE keyspace_name = %s AND table_name = %s",
-                (self.sink.keyspace, table.name),
-            )
-        }
-        for column, kind in table.columns.items():
-            if column not in present:
-                session.execute(
-                    f"ALTER TABLE {self.sink.keyspace}.{table.name} ADD {column} {kind}"
-                )
 
     def _cql(self, table: str, where: str) -> str:
         return f"SELECT * FROM {self.sink.keyspace}.{table} WHERE {where}"
