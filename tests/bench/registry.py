@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +69,48 @@ def report(name: str, values: list[float], target: float) -> None:
         f"max={max(values) * 1000:.0f} ms mean={statistics.mean(values) * 1000:.0f} ms "
         f"({verdict} target p99 <= {target:.1f} s)"
     )
+
+
+def heartbeat_load(
+    names: list[tuple[str, str]],
+    a: str,
+    b: str,
+    renew_s: int,
+    concurrency: int,
+    stop: Any,
+    beats: Any,
+) -> None:
+    """Heartbeat every instance each `renew_s`, half on each worker, until `stop` is set.
+
+    Runs in its own process so the load's hundreds of pending requests never delay the
+    measuring loop's clock readings or the SDK client's consumer thread.
+    """
+    import httpx
+
+    async def beat() -> None:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def put(url: str) -> int:
+                async with gate:
+                    return (await http.put(url)).status_code
+
+            while not stop.is_set():
+                round_started = time.monotonic()
+                for start in range(0, len(names), 200):
+                    chunk = names[start : start + 200]
+                    results = await asyncio.gather(
+                        *(
+                            put(f"{a if n % 2 else b}/eureka/apps/{app}/{i}?status=UP")
+                            for n, (app, i) in enumerate(chunk, start)
+                        )
+                    )
+                    beats[0] += len(results)
+                    beats[1] += results.count(200)
+                await asyncio.sleep(max(0.0, renew_s - (time.monotonic() - round_started)))
+
+    asyncio.run(beat())
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -130,24 +174,15 @@ async def run(args: argparse.Namespace) -> None:
                 f"({len(names) / took:.0f}/s; non-204: {len(names) - codes.count(204)})"
             )
             stop = asyncio.Event()
-            beats = {"sent": 0, "ok": 0}
-
-            async def heartbeat_forever() -> None:
-                while not stop.is_set():
-                    round_started = time.monotonic()
-                    for start in range(0, len(names), 200):
-                        chunk = names[start : start + 200]
-                        results = await asyncio.gather(
-                            *(
-                                send("PUT", f"{a if n % 2 else b}/eureka/apps/{app}/{i}?status=UP")
-                                for n, (app, i) in enumerate(chunk, start)
-                            )
-                        )
-                        beats["sent"] += len(results)
-                        beats["ok"] += results.count(200)
-                    await asyncio.sleep(max(0.0, args.renew - (time.monotonic() - round_started)))
-
-            heartbeating = asyncio.create_task(heartbeat_forever())
+            spawn = multiprocessing.get_context("spawn")
+            beating = spawn.Event()
+            beats = spawn.Array("l", 2)
+            heartbeating = spawn.Process(
+                target=heartbeat_load,
+                args=(names, a, b, args.renew, args.concurrency, beating, beats),
+                daemon=True,
+            )
+            heartbeating.start()
             to_b: list[float] = []
             to_sdk: list[float] = []
             registered_at: dict[str, float] = {}
@@ -209,9 +244,10 @@ async def run(args: argparse.Namespace) -> None:
                 while pending and time.monotonic() < bound:
                     await asyncio.sleep(0.1)
             stop.set()
-            await heartbeating
+            beating.set()
+            heartbeating.join(30)
             await watching
-        print(f"heartbeats: {beats['ok']}/{beats['sent']} answered 200 over the run")
+        print(f"heartbeats: {beats[1]}/{beats[0]} answered 200 over the run")
         report("register -> visible on worker B (GET /eureka/apps/PROBE)", to_b, 1.0)
         report("register -> in the SDK client's local copy (push)", to_sdk, 1.0)
         report(
