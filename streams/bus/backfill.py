@@ -41,6 +41,7 @@ from streams.metrics.tables import (
     TAG_NAMES,
     TAG_VALUES,
     packed_row,
+    rollup_row,
 )
 from streams.settings import Settings
 from streams.tracing.agents import REPORT_BATCH_BYTES, ReportStore, report_options
@@ -187,11 +188,7 @@ async def _metrics(
     if not dry_run:
 
         def rollup_rows(entries: list[Any]) -> list[dict[str, Any]]:
-            return [
-                {"metric": metric, "row_time": row_time(start), "tags": tags, "ts": start}
-                | aggregate.row()
-                for metric, tags, start, aggregate in entries
-            ]
+            return [rollup_row(((m, t), start), aggregate) for m, t, start, aggregate in entries]
 
         await sink.upsert(
             METRIC_SERIES.name, [{"metric": m, "tags": t} for m, t in rows.new_series]

@@ -2,14 +2,16 @@
 
 `DiscoveryClient` fetches `GET /eureka/apps` once, then keeps its copy current from
 `/eureka/apps/delta` (merged, verified with `apps__hashcode`, full fetch on mismatch). With
-`kafka=` it also subscribes to `registry.events` and refreshes as soon as anything changes, so a
-change reaches the app in well under a second; the delta poll stays as the fallback.
+`kafka=` it also subscribes to `registry.events`: a register or cancel is applied to the copy as
+soon as it is pushed, and the delta is fetched to reconcile; the delta poll stays as the
+fallback.
 `LoadBalancer` picks servers with Ribbon's rules and retries the next server on connection
 errors. Depends on httpx, confluent-kafka, the codec and the standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -32,6 +34,7 @@ T = TypeVar("T")
 EVENTS_TOPIC = "registry.events"
 EVENT_SCHEMA = "stackstream.registry.RegistryEvent"
 UNSEEN_ACTIONS = frozenset({"RENEW"})
+REMOVING_ACTIONS = frozenset({"CANCEL", "EXPIRE"})
 
 
 def changes_registry(
@@ -96,6 +99,7 @@ class DiscoveryClient:
         self._last_delta: tuple[str, str] | None = None
         self.full_fetches = 0
         self.delta_fetches = 0
+        self.pushed_changes = 0
         self.listeners: list[Callable[[], None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -146,6 +150,35 @@ class DiscoveryClient:
             return dict(self._instances)
 
     # --- keeping it current ------------------------------------------------------------------
+
+    def apply_pushed(self, event: Mapping[str, Any]) -> bool:
+        """Apply a pushed registry event to the copy at once; True when the copy changed.
+
+        A register adds its instance document as sent and a cancel or expiry removes the
+        instance, before the server has applied them; the delta fetch the push also triggers
+        then reconciles (server-side rules such as status overrides, lease times). An instance
+        with a status override is left to that fetch, so no overridden instance turns UP here.
+        """
+        action = event.get("action")
+        key = f"{event.get('app', '')}/{event.get('instance_id', '')}"
+        with self._lock:
+            current = self._instances.get(key)
+            if action in REMOVING_ACTIONS:
+                changed = self._instances.pop(key, None) is not None
+            elif action == "REGISTER" and event.get("instance"):
+                if current is not None and current.get("overridden_status") not in (
+                    None,
+                    "UNKNOWN",
+                ):
+                    return False
+                self._instances[key] = dict(event["instance"])
+                changed = True
+            else:
+                return False
+        if changed:
+            self.pushed_changes += 1
+            self._notify()
+        return changed
 
     def refresh(self, *, full: bool = False) -> bool:
         """Merge the delta (or fetch everything) and verify the result against apps__hashcode.
@@ -233,6 +266,8 @@ class DiscoveryClient:
                     log.warning("stackstream discovery: push stream: %s", error.str())
                     continue
                 if error is None and changes_registry(message.key(), message.value(), decode):
+                    with contextlib.suppress(CodecError, TypeError):
+                        self.apply_pushed(decode(message.value()))
                     # The worker applies the event in parallel; give it a moment, then fetch.
                     time.sleep(0.03)
                     self._wake.set()
