@@ -424,11 +424,16 @@ class Registry:
             if key not in self._expiring
         ]
         for key in chosen:
-            app_name, _, instance_id = key.partition("/")
             self._expiring[key] = monotonic
-            await self.publish(
-                registry_event(EXPIRE, app_name, instance_id, timestamp_ms=now, origin=origin)
+        # All at once: a burst of ended leases waits one broker round trip, not one per lease.
+        await asyncio.gather(
+            *(
+                self.publish(
+                    registry_event(EXPIRE, *key.split("/", 1), timestamp_ms=now, origin=origin)
+                )
+                for key in chosen
             )
+        )
         if chosen:
             log.info("registry: expired %d lease(s): %s", len(chosen), ", ".join(chosen[:10]))
         return chosen
