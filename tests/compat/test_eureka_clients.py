@@ -191,7 +191,8 @@ def test_py_eureka_client_registers_heartbeats_discovers_and_calls_a_service(
         await second.stop()
         await provider.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), 90))
+    # A generous bound: the first worker after the servers start answers slowly at first.
+    asyncio.run(asyncio.wait_for(scenario(), 240))
 
 
 def normalise_json(document: str, served: dict) -> str:
