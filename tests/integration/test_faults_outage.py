@@ -46,6 +46,7 @@ from streams.metrics.events import POINTS_TOPIC
 from streams.metrics.model import tags_text
 from streams.sdk.producer import EventProducer
 from streams.settings import Settings
+from tests.conftest import _free_port
 from tests.integration.faults import (
     MINUTE_MS,
     SERIES,
@@ -57,6 +58,7 @@ from tests.integration.faults import (
     traffic,
 )
 from tests.integration.worker import apply_topics, eventually, get_json, running_worker
+from tests.unit.test_logs_model import line as log_record
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SERVERS = ["cassandra", "elasticsearch"]
@@ -70,14 +72,6 @@ STOP_SECONDS = 30.0
 PARTS = ((0.2, 8.0), (0.6, 30.0), (0.2, 8.0))
 SETTLE_SECONDS = 240.0
 LIVE_POINTS_PER_STEP = 4  # per series, 4 steps a second: 48 points/s
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -157,21 +151,15 @@ def outage_settings(
 
 
 def log_line(sequence: int) -> dict[str, Any]:
-    return {
-        "timestamp_us": time.time_ns() // 1000,
-        "level": "ERROR" if sequence % 2 else "WARN",
-        "message": f"payment {sequence} failed",
-        "service": LOG_SERVICES[sequence % len(LOG_SERVICES)],
-        "host": "outage-host",
-        "logger": "test",
-        "trace_id": None,
-        "span_id": None,
-        "error_type": None,
-        "error_message": None,
-        "error_stack_trace": None,
-        "labels": {},
-        "sequence": sequence,
-    }
+    return log_record(
+        timestamp_us=time.time_ns() // 1000,
+        level="ERROR" if sequence % 2 else "WARN",
+        message=f"payment {sequence} failed",
+        service=LOG_SERVICES[sequence % len(LOG_SERVICES)],
+        host="outage-host",
+        logger="test",
+        sequence=sequence,
+    )
 
 
 class Feeder(threading.Thread):
