@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from streams.app import Runtime
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ class BatchItem:
 
 SafeOffsets = Mapping[int, int]
 """Per partition, the next offset whose effect is not yet durable: commit no further than it."""
-BatchHandler = Callable[[list[BatchItem]], Awaitable[SafeOffsets | None]]
+Unfinished = asyncio.Future  # type: ignore[type-arg]
+"""A handler's I/O still running for its batch; its result is the batch's SafeOffsets or None."""
+BatchHandler = Callable[[list[BatchItem]], Awaitable[SafeOffsets | Unfinished | None]]
 RevokeHandler = Callable[[list[int]], Awaitable[None]]
 
 
@@ -165,12 +168,18 @@ class BatchAgent:
         the prefetch in the one consumer thread); prefetched records are not committed until
         handled. The cost: a rebalance seen by the prefetch revokes partitions before the
         current batch's commit, so the new owner may get that batch's records again.
+
+        A handler may return an `Unfinished` future instead of waiting for its writes: the next
+        batch is then decoded and handed over while those writes run, and the batch is committed
+        once the future is done (in order; one batch at most is left unfinished). A handler doing
+        so must order its own writes (each waiting for the previous) if order matters.
         """
         self._consumer = await self._call(self._create_consumer)
         liveness = self.runtime.agent_liveness(self.name)
         decode = self.runtime.codec.decoder(self.schema)
         validate = self.validate
         prefetched: asyncio.Future[list[Message]] | None = None
+        unfinished: tuple[Unfinished, list[Message]] | None = None
         try:
             while True:
                 messages: list[Message] = await (prefetched or self._consume())
@@ -181,6 +190,9 @@ class BatchAgent:
                 if messages and self.prefetch:
                     prefetched = self._consume()
                 if not messages:
+                    if unfinished is not None:
+                        await self._finish(*unfinished)
+                        unfinished = None
                     continue
                 batch: list[BatchItem] = []
                 rejected = 0
@@ -204,19 +216,52 @@ class BatchAgent:
                         )
                         continue
                     batch.append(BatchItem(message, record))
-                safe = await self.handler(batch) if batch else self._safe
-                self._safe = safe
+                result = await self.handler(batch) if batch else self._safe
                 liveness.observe(len(batch), rejected)
-                self._handled = messages
-                await self._call(self._commit, messages, None, safe)
-                self._handled = []
+                current = (result, messages) if isinstance(result, asyncio.Future) else None
+                if unfinished is not None:
+                    try:
+                        await self._finish(*unfinished)
+                    except BaseException:
+                        if current is not None:
+                            current[0].cancel()  # never committed past the failed batch
+                        raise
+                unfinished = current
+                if current is None:
+                    await self._finish(result, messages)
         finally:
             if prefetched is not None:
                 prefetched.cancel()
+            if unfinished is not None:
+                await self._finish_on_stop(*unfinished)
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 handled, self._handled = self._handled, []
                 await asyncio.shield(self._call(self._close, consumer, handled, self._safe))
+
+    async def _finish(
+        self, result: SafeOffsets | Unfinished | None, messages: list[Message]
+    ) -> None:
+        """Commit a handled batch, once its unfinished writes (if any) are done."""
+        safe = await asyncio.shield(result) if isinstance(result, asyncio.Future) else result
+        self._safe = safe
+        self._handled = messages
+        await self._call(self._commit, messages, None, safe)
+        self._handled = []
+
+    async def _finish_on_stop(self, unfinished: Unfinished, messages: list[Message]) -> None:
+        """On stop, give a batch's unfinished writes a while to end so their batch is committed;
+        otherwise the batch is left uncommitted and the next owner handles it again."""
+        try:
+            await asyncio.wait_for(asyncio.shield(unfinished), STOP_GRACE_S)
+        except (TimeoutError, asyncio.CancelledError):
+            unfinished.cancel()
+            return
+        except Exception:
+            log.exception("%s: the last batch's writes failed; it is left uncommitted", self.name)
+            return
+        self._safe = unfinished.result()
+        self._handled = messages
 
     def _close(
         self, consumer: Consumer, handled: Sequence[Message], safe: SafeOffsets | None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.elasticsearch import Document, ElasticsearchSink, Rejected
 from connectors.retry import Backoff, stable_id
-from streams.bus.batching import BatchItem
+from streams.bus.batching import BatchItem, Unfinished
 from streams.bus.codec import CodecError
 from streams.bus.follow import follow_topics
 from streams.errors import RecordRejected
@@ -82,10 +82,10 @@ class LogIndexer:
     """The handler of `sinks.logs_to_elasticsearch`: governs a batch, bulk-indexes what is kept,
     dead-letters what Elasticsearch refuses for good, and sends the volume points.
 
-    It returns only once all of that is done, so the batch agent commits after the bulk. While
-    Elasticsearch is away the sink's write retries; any other failure (Kafka refusing the points,
-    say) is logged and the unfinished steps are retried with backoff, so the batch is governed
-    once and its offsets stay uncommitted until it is fully handled.
+    The batch agent commits a batch only once all of that is done. While Elasticsearch is away
+    the sink's write retries; any other failure (Kafka refusing the points, say) is logged and
+    the unfinished steps are retried with backoff, so the batch is governed once and its offsets
+    stay uncommitted until it is fully handled.
     """
 
     def __init__(self, runtime: Runtime, rules: RuleFollower) -> None:
@@ -97,6 +97,7 @@ class LogIndexer:
         self.governor = Governor(self.rule_book, masker, settings.logs_max_line_bytes)
         self.backoff = Backoff(first=0.5, maximum=10.0)
         self._sink: ElasticsearchSink | None = None
+        self._writing: asyncio.Future[None] | None = None
 
     async def sink(self) -> ElasticsearchSink:
         """The Elasticsearch sink, with the logs index template installed on first use."""
@@ -115,7 +116,9 @@ class LogIndexer:
         if self._sink is not None:
             await self._sink.close()
 
-    async def handle(self, batch: list[BatchItem]) -> None:
+    async def handle(self, batch: list[BatchItem]) -> Unfinished:
+        """Govern the batch now; return its writes as an unfinished future, so the batch agent
+        hands over the next batch while Elasticsearch indexes this one (writes stay in order)."""
         self.rule_book.refresh()
         outcome = self.governor.govern([item.record for item in batch])
         prefix = self.prefix
@@ -140,6 +143,21 @@ class LogIndexer:
                 )
             )
         points = volume_points(outcome.volume)
+        previous, self._writing = self._writing, None
+        writing = asyncio.ensure_future(self._write(previous, documents, source_of, points))
+        self._writing = writing
+        return writing
+
+    async def _write(
+        self,
+        previous: asyncio.Future[None] | None,
+        documents: list[Document],
+        source_of: Mapping[str, BatchItem],
+        points: list[dict[str, Any]],
+    ) -> None:
+        """Index, dead-letter refusals, send the volume points; retried until all are done."""
+        if previous is not None:
+            await asyncio.wait([previous])
         refused: list[Rejected] | None = None
         attempt = 0
         while True:

@@ -160,3 +160,56 @@ async def test_prefetch_sees_a_failed_batch_again_and_skips_or_repeats_nothing(
     for partition in {p for p, _ in seen}:
         in_partition = [value for p, value in seen if p == partition]
         assert in_partition == sorted(in_partition), "each partition in order across batches"
+
+
+async def test_unfinished_writes_overlap_the_next_batch_and_commit_only_when_done(
+    stack_settings: Settings,
+) -> None:
+    settings = stack_settings.model_copy(update={"table_store": "memory"})
+    apply_topics(settings)
+    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
+    for index in range(RECORDS):
+        producer.emit(POINTS_TOPIC, POINT_SCHEMA, metric_point(value=float(index)), key="cpu")
+    producer.close()
+    assert producer.stats.delivered == RECORDS
+    runtime = Runtime(settings, domains=())
+    loop = asyncio.get_running_loop()
+    batches: list[list[float]] = []
+    writes: list[asyncio.Future] = []
+    overlapped = 0
+
+    def finish(write: asyncio.Future, failure: Exception | None) -> None:
+        if failure is None:
+            write.set_result(None)
+        else:
+            write.set_exception(failure)
+
+    async def write_later(batch: list[BatchItem]) -> asyncio.Future:
+        nonlocal overlapped
+        overlapped += bool(writes) and not writes[-1].done()
+        batches.append([item.record["value"] for item in batch])
+        write = loop.create_future()
+        failure = HandlerFailed() if len(batches) == 4 else None
+        loop.call_later(0.3, finish, write, failure)
+        writes.append(write)
+        return write
+
+    agent = BatchAgent(runtime, AGENT, POINTS_TOPIC, POINT_SCHEMA, write_later, max_records=150)
+    with pytest.raises(HandlerFailed):
+        await asyncio.wait_for(agent.run(), 60)
+    assert len(batches) >= 4
+    assert overlapped >= 3, "each next batch was handed over while the previous one was writing"
+
+    seen: list[float] = []
+    all_seen = asyncio.Event()
+    first_failed = batches[3][0]
+
+    async def keep(batch: list[BatchItem]) -> None:
+        seen.extend(item.record["value"] for item in batch)
+        if seen and seen[-1] == float(RECORDS - 1):
+            all_seen.set()
+
+    await consume_until(BatchAgent(runtime, AGENT, POINTS_TOPIC, POINT_SCHEMA, keep), all_seen, 60)
+    assert seen == [float(index) for index in range(int(first_failed), RECORDS)], (
+        "batches whose writes finished were committed; the failed one and later ones come again"
+    )
