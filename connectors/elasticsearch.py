@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, AsyncElasticsearch
+from elasticsearch.serializer import OrjsonSerializer
 
 from connectors.retry import Backoff, retry_async
 
@@ -54,6 +56,26 @@ class _RetryableItems(Exception):
         super().__init__(f"{count} documents were refused with a retryable status")
 
 
+def _plain(value: Any) -> Any:
+    """orjson's fallback: other mappings and sequences as dict and list."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Sequence | set | frozenset) and not isinstance(value, str | bytes):
+        return list(value)
+    raise TypeError(f"cannot index a {type(value).__name__} value: {value!r}")
+
+
+def encode_document(document: Document) -> bytes:
+    """The two NDJSON lines of one document in a bulk index request, encoded with orjson.
+
+    The client's own serializer encodes each line with the standard json module, about a tenth
+    of the log sink's CPU per line. Raises orjson.JSONEncodeError for a value JSON cannot carry.
+    """
+    action = orjson.dumps({"index": {"_index": document.index, "_id": document.id}})
+    source = orjson.dumps(document.source, default=_plain, option=orjson.OPT_NON_STR_KEYS)
+    return b"%s\n%s\n" % (action, source)
+
+
 def _is_retryable(error: BaseException) -> bool:
     if isinstance(error, TransportConnectionError | ConnectionTimeout | _RetryableItems):
         return True
@@ -71,7 +93,11 @@ class ElasticsearchSink:
         refresh: bool = False,
         request_timeout: float = 30.0,
     ) -> None:
-        self.client = AsyncElasticsearch(url, request_timeout=request_timeout)
+        self.client = AsyncElasticsearch(
+            url,
+            request_timeout=request_timeout,
+            serializers={OrjsonSerializer.mimetype: OrjsonSerializer()},
+        )
         self.backoff = backoff or Backoff()
         self.refresh = refresh
 
@@ -107,12 +133,20 @@ class ElasticsearchSink:
             nonlocal pending
             if not pending:
                 return
-            operations: list[Mapping[str, Any]] = []
+            body = bytearray()
+            encodable: list[Document] = []
             for document in pending:
-                operations.append({"index": {"_index": document.index, "_id": document.id}})
-                operations.append(document.source)
+                try:
+                    body += encode_document(document)
+                except orjson.JSONEncodeError as error:
+                    result.rejected.append(Rejected(document, 400, f"not JSON: {error}"))
+                    continue
+                encodable.append(document)
+            pending = encodable
+            if not pending:
+                return
             response = await self.client.bulk(
-                operations=operations, refresh="wait_for" if self.refresh else False
+                operations=bytes(body), refresh="wait_for" if self.refresh else False
             )
             retry: list[Document] = []
             for document, item in zip(pending, response["items"], strict=True):

@@ -44,6 +44,12 @@ async def test_bulk_writes_are_idempotent_and_rejects_are_reported(
         )
         hits = await sink.search(index, {"term": {"n": 7}})
         assert [hit["text"] for hit in hits] == ["line 7"]
+
+        not_json = Document(index, stable_id("huge"), {"n": 2**70})
+        result = await sink.write([not_json, Document(index, stable_id("fine"), {"n": 2})])
+        assert result.written == 1, "a document JSON cannot carry does not stop the others"
+        assert [(r.document.id, r.status) for r in result.rejected] == [(not_json.id, 400)]
+        assert "not JSON" in result.rejected[0].reason
     finally:
         await sink.delete_indices(f"{index}*")
         await sink.close()
