@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
@@ -27,6 +27,7 @@ from streams.registry.model import (
     RENEW,
     STATUS_OVERRIDE,
     STATUSES,
+    AnswerCache,
     InvalidRegistration,
     apps_hashcode,
     delta_view,
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 TAG = "registry"
 NOT_READY = "this worker is starting or rebalancing and cannot take writes yet; retry shortly"
 NOT_TAKEN = "Kafka did not acknowledge the change; it was not applied, retry shortly"
+FULL_MAX_AGE_S = 30.0
+"""A full fetch's lease timestamps may be this old (Eureka's responseCacheUpdateIntervalMs)."""
+DELTA_MAX_AGE_S = 1.0
+"""A delta answer is rendered again after this long, so instances leave it as they age out."""
 log = logging.getLogger(__name__)
 
 
@@ -92,8 +97,13 @@ def _status(query: Mapping[str, str], name: str, required: bool) -> str | None:
     return value.upper()
 
 
+def accepts_gzip(request: Any) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+
 def register(runtime: Runtime, registry: Registry) -> None:
     app = runtime.app
+    answers = AnswerCache()
 
     def now_ms() -> int:
         return int(time.time() * 1000)
@@ -103,11 +113,35 @@ def register(runtime: Runtime, registry: Registry) -> None:
 
         def answer(self, request: Any, body: bytes, as_json: bool, status: int = 200) -> Any:
             headers: dict[str, str] = {}
-            if "gzip" in request.headers.get("Accept-Encoding", "").lower() and body:
+            if accepts_gzip(request) and body:
                 body = gzip.compress(body, compresslevel=5)
                 headers["Content-Encoding"] = "gzip"
             content_type = JSON_TYPE if as_json else XML_TYPE
             return self.bytes(body, content_type=content_type, status=status, headers=headers)
+
+        def cached_answer(
+            self,
+            request: Any,
+            resource: str,
+            as_json: bool,
+            max_age_s: float,
+            render: Callable[[], bytes],
+        ) -> Any:
+            """A full or delta answer from the answer cache (compressed there too, if asked)."""
+            generation, now = registry.view.generation, time.monotonic()
+            body = answers.get((resource, as_json), generation, now, max_age_s, render)
+            headers: dict[str, str] = {}
+            if accepts_gzip(request):
+                body = answers.get(
+                    (resource, as_json, "gzip"),
+                    generation,
+                    now,
+                    max_age_s,
+                    lambda: gzip.compress(body, compresslevel=5),
+                )
+                headers["Content-Encoding"] = "gzip"
+            content_type = JSON_TYPE if as_json else XML_TYPE
+            return self.bytes(body, content_type=content_type, headers=headers)
 
         def problem(self, status: int, field: str | None, message: str) -> Any:
             return self.json(error_body(field, message), status=status)
@@ -140,15 +174,21 @@ def register(runtime: Runtime, registry: Registry) -> None:
             as_json = wants_json(request.headers)
             view = registry.view
             if parts == ["apps"]:
-                live = view.live()
-                body = render_applications(live, "1", apps_hashcode(live), as_json)
-                return self.answer(request, body, as_json)
+
+                def render_full() -> bytes:
+                    live = view.live()
+                    return render_applications(live, "1", apps_hashcode(live), as_json)
+
+                return self.cached_answer(request, "apps", as_json, FULL_MAX_AGE_S, render_full)
             if parts == ["apps", "delta"]:
-                retention_ms = int(runtime.settings.registry_delta_retention_s * 1000)
-                entries = view.entries.values()
-                changed, version, hashcode = delta_view(entries, now_ms(), retention_ms)
-                body = render_applications(changed, version, hashcode, as_json)
-                return self.answer(request, body, as_json)
+
+                def render_delta() -> bytes:
+                    retention_ms = int(runtime.settings.registry_delta_retention_s * 1000)
+                    entries = view.entries.values()
+                    changed, version, hashcode = delta_view(entries, now_ms(), retention_ms)
+                    return render_applications(changed, version, hashcode, as_json)
+
+                return self.cached_answer(request, "delta", as_json, DELTA_MAX_AGE_S, render_delta)
             if len(parts) == 2 and parts[0] == "apps":
                 name = parts[1].upper()
                 members = view.app(name)

@@ -10,8 +10,9 @@ partition that owns the key. No Faust, Kafka or HTTP here.
 from __future__ import annotations
 
 import copy
+import itertools
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -499,6 +500,40 @@ def tombstones_to_purge(
 # --- one worker's in-memory view -------------------------------------------------------------
 
 
+_generations = itertools.count(1)
+"""Generations of every RegistryIndex of the process: a rebuilt index never reuses one."""
+
+
+class AnswerCache:
+    """Rendered read answers (full fetch, delta), reused while the index keeps its generation.
+
+    As with Eureka's response cache, renewals alone do not invalidate an answer, so the lease
+    timestamps in one may be up to `max_age_s` old; registers, cancels, expiries and status
+    changes do. Without it, every client's delta fetch in the minutes after a mass registration
+    rendered thousands of instances again.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[Hashable, tuple[int, float, bytes]] = {}
+
+    def get(
+        self,
+        key: Hashable,
+        generation: int,
+        now_s: float,
+        max_age_s: float,
+        render: Callable[[], bytes],
+    ) -> bytes:
+        """The answer cached under `key` if rendered at this generation within max_age_s, else
+        `render()` (then cached)."""
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] == generation and now_s - cached[1] <= max_age_s:
+            return cached[2]
+        body = render()
+        self._answers[key] = (generation, now_s, body)
+        return body
+
+
 class RegistryIndex:
     """The instance entries of one worker's copy, by key and by app, with renewals overlaid.
 
@@ -511,12 +546,20 @@ class RegistryIndex:
         self.entries: dict[str, dict[str, Any]] = {}
         self.by_app: dict[str, dict[str, dict[str, Any]]] = {}
         self.renewed: dict[str, int] = {}
+        self.generation = next(_generations)
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
 
     def put(self, key: str, entry: Mapping[str, Any] | None) -> None:
-        """Store (or with None forget) the entry of `key`, overlaid with its newest renewal."""
+        """Store (or with None forget) the entry of `key`, overlaid with its newest renewal.
+
+        Moves `generation` on (renewals alone do not), so rendered answers are rendered again.
+        """
+        self.generation = next(_generations)
+        self._place(key, entry)
+
+    def _place(self, key: str, entry: Mapping[str, Any] | None) -> None:
         old = self.entries.pop(key, None)
         if old is not None:
             members = self.by_app.get(old["instance"]["app"], {})
@@ -538,7 +581,7 @@ class RegistryIndex:
             self.renewed[key] = at_ms
             entry = self.entries.get(key)
             if entry is not None:
-                self.put(key, entry)
+                self._place(key, entry)
 
     def live(self) -> list[dict[str, Any]]:
         """Every live instance document (a full fetch)."""

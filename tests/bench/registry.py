@@ -96,6 +96,7 @@ def heartbeat_load(
                 async with gate:
                     return (await http.put(url)).status_code
 
+            rounds: list[str] = []
             while not stop.is_set():
                 round_started = time.monotonic()
                 for start in range(0, len(names), 200):
@@ -108,7 +109,10 @@ def heartbeat_load(
                     )
                     beats[0] += len(results)
                     beats[1] += results.count(200)
-                await asyncio.sleep(max(0.0, renew_s - (time.monotonic() - round_started)))
+                took = time.monotonic() - round_started
+                rounds.append(f"{time.strftime('%H:%M:%S')} {took:.1f} s")
+                await asyncio.sleep(max(0.0, renew_s - took))
+            print("heartbeat rounds ended at:", ", ".join(rounds), flush=True)
 
     asyncio.run(beat())
 
@@ -185,7 +189,8 @@ async def run(args: argparse.Namespace) -> None:
             heartbeating.start()
             to_b: list[float] = []
             to_sdk: list[float] = []
-            registered_at: dict[str, float] = {}
+            registered_wall: dict[str, float] = {}
+            slowest: list[tuple[float, str]] = []
             evictions: list[float] = []
             pending: dict[str, float] = {}
             visible: set[str] = set()
@@ -203,6 +208,7 @@ async def run(args: argparse.Namespace) -> None:
                             visible.add(instance_id)
                         elif instance_id in visible:
                             evictions.append(now - pending.pop(instance_id))
+                            slowest.append((evictions[-1], instance_id))
                     await asyncio.sleep(0.1)
 
             watching = asyncio.create_task(watch_evictions())
@@ -218,7 +224,7 @@ async def run(args: argparse.Namespace) -> None:
                         "POST", f"{a}/eureka/apps/PROBE", body("PROBE", instance_id, args.lease, 30)
                     )
                     returned = time.monotonic()
-                    registered_at[instance_id] = returned
+                    registered_wall[instance_id] = time.time()
                     pending[instance_id] = returned
                     if code != 204:
                         print(f"probe {instance_id}: register answered {code}")
@@ -253,6 +259,11 @@ async def run(args: argparse.Namespace) -> None:
         report(
             f"last heartbeat -> evicted on B (lease {args.lease} s)", evictions, args.lease + 5.0
         )
+        for seconds, instance_id in sorted(slowest, reverse=True)[:3]:
+            registered = time.strftime("%H:%M:%S", time.localtime(registered_wall[instance_id]))
+            print(
+                f"slow eviction: {instance_id} registered {registered}, gone after {seconds:.1f} s"
+            )
         print(f"not evicted within the bound: {len(pending)}; worker logs in {folder}")
 
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from streams.registry.model import (
     CANCEL,
     STATUS_OVERRIDE,
+    AnswerCache,
     RegistryIndex,
     add_renewals,
     apply_event,
@@ -92,3 +93,32 @@ def test_batched_renewal_counts_equal_counting_one_by_one(offsets: list[int]) ->
         window = (T0 + offset) // window_ms
         counts[window] = counts.get(window, 0) + 1
     assert add_renewals(None, counts, window_ms) == one_by_one
+
+
+def test_an_answer_is_rendered_again_after_a_change_or_its_age_but_not_after_a_renewal() -> None:
+    index = RegistryIndex()
+    index.put(KEY, registered(T0))
+    renders: list[int] = []
+    cache = AnswerCache()
+
+    def answer(now_s: float) -> bytes:
+        def render() -> bytes:
+            renders.append(index.generation)
+            return f"render {len(renders)}".encode()
+
+        return cache.get("apps", index.generation, now_s, 30.0, render)
+
+    assert answer(0.0) == b"render 1"
+    assert answer(1.0) == b"render 1", "same generation, young: reused"
+    index.renew({KEY: T0 + 5000})
+    assert answer(2.0) == b"render 1", "a renewal alone keeps the answer (as Eureka's cache)"
+    index.put(KEY, apply_event(registered(T0), event(CANCEL, T0 + 6000)).entry)
+    assert answer(3.0) == b"render 2", "a cancel renders it again"
+    assert answer(34.0) == b"render 3", "older than max_age_s: rendered again"
+
+
+def test_a_rebuilt_index_never_matches_an_answer_of_the_index_it_replaces() -> None:
+    first, second = RegistryIndex(), RegistryIndex()
+    first.put(KEY, registered(T0))
+    second.put(KEY, registered(T0))
+    assert first.generation != second.generation
