@@ -35,6 +35,8 @@ EVENTS_TOPIC = "registry.events"
 EVENT_SCHEMA = "stackstream.registry.RegistryEvent"
 UNSEEN_ACTIONS = frozenset({"RENEW"})
 REMOVING_ACTIONS = frozenset({"CANCEL", "EXPIRE"})
+PUSH_GRACE_S = 3.0
+"""After a pushed change, a delta whose hashcode disagrees is kept this long before a full fetch."""
 
 
 def changes_registry(
@@ -97,6 +99,7 @@ class DiscoveryClient:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_delta: tuple[str, str] | None = None
+        self._pushed_at = float("-inf")
         self.full_fetches = 0
         self.delta_fetches = 0
         self.pushed_changes = 0
@@ -177,6 +180,7 @@ class DiscoveryClient:
                 return False
         if changed:
             self.pushed_changes += 1
+            self._pushed_at = time.monotonic()
             self._notify()
         return changed
 
@@ -202,10 +206,12 @@ class DiscoveryClient:
                 else:
                     self._instances[key] = instance
             matches = _hashcode(self._instances) == answer["apps_hashcode"]
-        if not matches:
-            self._full_fetch()
-        else:
+        if matches or time.monotonic() - self._pushed_at < PUSH_GRACE_S:
+            # Right after a push the server may not have applied it yet: a full fetch would
+            # take the pushed change back out of the copy; a later fetch reconciles.
             self._notify()
+        else:
+            self._full_fetch()
         return True
 
     def _full_fetch(self) -> None:

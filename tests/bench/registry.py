@@ -1,10 +1,11 @@
 """Registry propagation and eviction under load: two local workers, N instances heartbeating.
 
-    python tests/bench/registry.py [--instances 2000] [--probes 100] [--lease 5] [--kafka ADDR]
+    python tests/bench/registry.py [--instances 2000] [--probes 100] [--lease 5] [--burst]
 
 Two `stackstream worker` child processes (domains bus,registry, fresh topic prefix) on
-127.0.0.1. N instances register on worker A and heartbeat every `--renew` seconds for the whole
-run. Meanwhile `--probes` PROBE instances register one at a time on A; for each, from the moment
+127.0.0.1. N instances register on worker A and heartbeat every `--renew` seconds (default 10,
+three times Eureka's 30) for the whole run, spread evenly over the interval as independent
+clients send them, or each round at once with `--burst`. Meanwhile `--probes` PROBE instances register one at a time on A; for each, from the moment
 its register call returns: time until it is in `GET /eureka/apps/PROBE` on worker B (the same
 table read as `GET /eureka/apps`, without rendering N instances per poll) and until it is in an
 SDK `DiscoveryClient`'s local copy (push via registry.events, client on B). Probes use a short
@@ -71,6 +72,17 @@ def report(name: str, values: list[float], target: float) -> None:
     )
 
 
+def instance_ids(response: Any) -> set[str]:
+    """The instance ids in a `GET /eureka/apps/{app}` JSON answer (none on 404).
+
+    Exact ids, not a substring test: `probe-1` is a substring of `probe-10` … `probe-19`, which
+    made probe-1 look present until those were evicted too (the old 10-14 s eviction tail).
+    """
+    if response.status_code != 200:
+        return set()
+    return {i["instanceId"] for i in response.json()["application"]["instance"]}
+
+
 def heartbeat_load(
     names: list[tuple[str, str]],
     a: str,
@@ -79,28 +91,35 @@ def heartbeat_load(
     concurrency: int,
     stop: Any,
     beats: Any,
+    burst: bool,
 ) -> None:
     """Heartbeat every instance each `renew_s`, half on each worker, until `stop` is set.
+
+    Paced as independent clients would send them (evenly over the interval, a chunk every
+    100 ms); with `burst`, all of a round at once (a synchronised thundering herd).
 
     Runs in its own process so the load's hundreds of pending requests never delay the
     measuring loop's clock readings or the SDK client's consumer thread.
     """
-    import httpx
+    import aiohttp
 
     async def beat() -> None:
-        limits = httpx.Limits(max_connections=concurrency)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-            gate = asyncio.Semaphore(concurrency)
+        # aiohttp, not httpx: httpx's pool checks every pooled connection per request and kept
+        # this process at a full core while sending only ~80 heartbeats/s.
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as http:
 
             async def put(url: str) -> int:
-                async with gate:
-                    return (await http.put(url)).status_code
+                async with http.put(url) as response:
+                    return response.status
 
             rounds: list[str] = []
+            chunk_size = 200 if burst else max(1, len(names) // (renew_s * 10))
             while not stop.is_set():
                 round_started = time.monotonic()
-                for start in range(0, len(names), 200):
-                    chunk = names[start : start + 200]
+                for start in range(0, len(names), chunk_size):
+                    chunk = names[start : start + chunk_size]
+                    chunk_started = time.monotonic()
                     results = await asyncio.gather(
                         *(
                             put(f"{a if n % 2 else b}/eureka/apps/{app}/{i}?status=UP")
@@ -109,6 +128,8 @@ def heartbeat_load(
                     )
                     beats[0] += len(results)
                     beats[1] += results.count(200)
+                    if not burst:
+                        await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - chunk_started)))
                 took = time.monotonic() - round_started
                 rounds.append(f"{time.strftime('%H:%M:%S')} {took:.1f} s")
                 await asyncio.sleep(max(0.0, renew_s - took))
@@ -183,7 +204,7 @@ async def run(args: argparse.Namespace) -> None:
             beats = spawn.Array("l", 2)
             heartbeating = spawn.Process(
                 target=heartbeat_load,
-                args=(names, a, b, args.renew, args.concurrency, beating, beats),
+                args=(names, a, b, args.renew, args.concurrency, beating, beats, args.burst),
                 daemon=True,
             )
             heartbeating.start()
@@ -202,8 +223,9 @@ async def run(args: argparse.Namespace) -> None:
                         f"{b}/eureka/apps/PROBE", headers={"Accept": "application/json"}
                     )
                     now = time.monotonic()
+                    listed = instance_ids(response)
                     for instance_id in list(pending):
-                        present = instance_id.encode() in response.content
+                        present = instance_id in listed
                         if present:
                             visible.add(instance_id)
                         elif instance_id in visible:
@@ -239,7 +261,7 @@ async def run(args: argparse.Namespace) -> None:
                             response = await http.get(
                                 f"{b}/eureka/apps/PROBE", headers={"Accept": "application/json"}
                             )
-                            if instance_id.encode() in response.content:
+                            if instance_id in instance_ids(response):
                                 seen_b = time.monotonic() - returned
                         await asyncio.sleep(0.005)
                     to_b.append(seen_b if seen_b is not None else 10.0)
@@ -274,6 +296,9 @@ def main() -> None:
     parser.add_argument("--lease", type=int, default=5)
     parser.add_argument("--renew", type=int, default=10, help="heartbeat interval of the N")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--burst", action="store_true", help="send each heartbeat round at once, not paced"
+    )
     parser.add_argument("--time-limit", type=float, default=240.0)
     parser.add_argument("--kafka", default="127.0.0.1:19092")
     args = parser.parse_args()
