@@ -5,15 +5,16 @@
 Two `stackstream worker` child processes (domains bus,registry, fresh topic prefix) on
 127.0.0.1. N instances register on worker A and heartbeat every `--renew` seconds (default 10,
 three times Eureka's 30) for the whole run, spread evenly over the interval as independent
-clients send them, or each round at once with `--burst`. Meanwhile `--probes` PROBE instances register one at a time on A; for each, from the moment
-its register call returns: time until it is in `GET /eureka/apps/PROBE` on worker B (the same
-table read as `GET /eureka/apps`, without rendering N instances per poll) and until it is in an
-SDK `DiscoveryClient`'s local copy (push via registry.events, client on B). Probes use a short
-lease and never renew: time from their last heartbeat (the register) to their absence on B is
-the eviction time. Prints p50/p99 and the targets (p99 <= 1 s; eviction <= lease + 5 s). B is
-polled for evictions every 100 ms from each probe's register on (evicted = seen, then gone).
-Bounded: probes stop at `--time-limit` seconds after start, evictions are awaited lease + 15 s
-longer. Not a pytest test; nothing runs on import.
+clients send them, or each round at once with `--burst`. Meanwhile `--probes` PROBE instances
+register one at a time on A; for each, from the moment its register call returns: time until it
+is in `GET /eureka/apps/PROBE` on worker B (the same table read as `GET /eureka/apps`, without
+rendering N instances per poll) and until it is in an SDK `DiscoveryClient`'s local copy (push
+via registry.events, client on B). Probes use a short lease and never renew: time from their
+last heartbeat (the register) to their absence on B is the eviction time. Prints p50/p99 and the
+targets (p99 <= 1 s; eviction <= lease + 5 s). B is polled for evictions every 100 ms from each
+probe's register on (evicted = seen, then gone). Bounded: probes stop at `--time-limit` seconds
+after start, evictions are awaited lease + 15 s longer. Not a pytest test; nothing runs on
+import.
 """
 
 from __future__ import annotations
