@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     metrics_rollup_grace_s: float = Field(
         default=60.0, ge=0, description="how far behind the newest point a minute stays open"
     )
+    metrics_query_cache_mb: int = Field(
+        default=256, ge=0, description="decoded rollup hours kept for queries (MiB); 0: none"
+    )
 
     # Tracing (CAT reports; docs/tracing.md). Problem thresholds: CAT's defaults, overridable
     # per domain as JSON, e.g. {"shop": {"long_url": [500, 1000], "long_sql": [50]}}.

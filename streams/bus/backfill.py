@@ -210,6 +210,10 @@ async def _metrics(
                     for (m, t, hour), minutes in zip(chunk, hour_minutes, strict=True)
                 ],
             )
+        await store.bump_versions(
+            {(m, hour) for m, _, hour in series_hours}
+            | {(m, start) for m, _, start, _ in rows.hours}
+        )
         row_keys = {(m, row_time(start), t) for m, t, start, _ in rows.minutes}
         await sink.upsert(
             ROW_KEYS.name, [{"metric": m, "row_time": r, "tags": t} for m, r, t in row_keys]

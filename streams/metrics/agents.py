@@ -115,7 +115,7 @@ def register(runtime: Runtime) -> None:
         settings.cassandra_keyspace,
         datacenter=settings.cassandra_datacenter,
     )
-    store = MetricStore(sink)
+    store = MetricStore(sink, cache_bytes=settings.metrics_query_cache_mb * 2**20)
     writer = PointWriter(runtime, store)
     runtime.context["metrics.stats"] = writer.stats
 
@@ -356,6 +356,8 @@ class PointWriter:
                 )
             )
         )
+        # After the rows are acknowledged and before the progress that would skip them on replay.
+        await self.store.bump_versions((series[0], hour) for series, hour in changes.hour_minutes)
         await sink.upsert(
             ROLLUP_PROGRESS.name,
             [{"source_partition": partition, "max_event_ms": state.max_event_ms}],

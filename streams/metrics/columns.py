@@ -446,6 +446,8 @@ def merge_by_bucket(columns: Columns, bucket_of: np.ndarray, fields: Iterable[st
         bucket_of = bucket_of[present]
     if not len(columns):
         return Merged(np.zeros(0, np.int64), {f: _empty(f) for f in wanted})
+    if len(bucket_of) == 1 or bool((bucket_of[1:] > bucket_of[:-1]).all()):
+        return _one_piece_per_bucket(columns, bucket_of, wanted)
     order = np.argsort(bucket_of, kind="stable")
     sorted_buckets = bucket_of[order]
     firsts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
@@ -476,6 +478,20 @@ def merge_by_bucket(columns: Columns, bucket_of: np.ndarray, fields: Iterable[st
         merged["last_ts"] = data["last_ts"][ranked[lasts]]
         merged["last_value"] = data["last_value"][ranked[lasts]]
     return Merged(sorted_buckets[firsts], merged)
+
+
+def _one_piece_per_bucket(columns: Columns, buckets: np.ndarray, wanted: set[str]) -> Merged:
+    """`merge_by_bucket` when buckets ascend with one piece each (1-minute sampling of minute
+    rollups): every merged field is the piece's own, so nothing is sorted or reduced."""
+    data = columns.fields
+    names = {"count"} | (wanted & {"total", "m2", "minimum", "maximum"})
+    if "first_value" in wanted:
+        names |= {"first_ts", "first_value"}
+    elif "first_ts" in wanted:
+        names.add("first_ts")
+    if "last_value" in wanted or "last_ts" in wanted:
+        names |= {"last_ts", "last_value"}
+    return Merged(buckets, {name: data[name] for name in names})
 
 
 def bucket_quantiles(

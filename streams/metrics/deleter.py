@@ -24,6 +24,7 @@ from streams.metrics.deletes import (
     stored_range,
 )
 from streams.metrics.model import tags_from_text
+from streams.metrics.rollup import hour_of
 from streams.metrics.tables import (
     RAW_POINTS,
     ROLLUPS_HOUR,
@@ -72,6 +73,10 @@ class DeleteApplier:
             await asyncio.gather(
                 *(self._row((metric, rt, text), start, end, stamp_us) for rt, text in rows)
             )
+            # Only hours with a version can be cached, and one created after this read was
+            # created after the rows above changed; so bumping the existing ones is enough.
+            versions = await self.store.hour_versions(metric, hour_of(start), hour_of(end))
+            await self.store.bump_versions((metric, hour) for hour in versions)
             if record["whole_metric"]:
                 await self.store.forget_metric(metric, stamp_us)
                 self.writer.forget_metric(metric)

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cassandra.query import PreparedStatement
 
 from connectors.cassandra import CassandraSink, is_retryable
 from connectors.retry import retry_async
+from streams.metrics.cache import (
+    ColumnsFor,
+    HourCache,
+    HourRead,
+    HourSeries,
+    hours_of,
+    plan_hours,
+    range_groups,
+    rows_by_hour,
+)
 from streams.metrics.columns import (
+    FIELDS,
     SKETCH,
     Columns,
     MissingSketchColumns,
@@ -25,12 +36,24 @@ from streams.metrics.columns import (
 from streams.metrics.model import ROW_WIDTH_MS, tags_from_text
 from streams.metrics.query import Plan, SeriesData
 from streams.metrics.rollup import Aggregate, hour_of
-from streams.metrics.tables import AGGREGATE_COLUMNS, ALL_TABLES, METRIC_NAMES
+from streams.metrics.tables import (
+    AGGREGATE_COLUMNS,
+    ALL_TABLES,
+    METRIC_NAMES,
+    ROLLUP_HOUR_VERSIONS,
+    ROLLUPS_HOUR,
+    ROLLUPS_MINUTE_PACKED,
+)
 
 SCALAR_COLUMNS = [c for c in AGGREGATE_COLUMNS if c != "sketch"]
 # Series partitions per read request (`tags IN ?`); see MetricStore.series_data.
 IN_CHUNK = 10
 ROW_TIME_CHUNK = 100
+# Version increments sent at once (a whole-metric delete may touch thousands of hours).
+VERSION_BUMPS_AT_ONCE = 256
+# Called with (table, metric, hour start, series) for every series-hour the cached query path
+# reads from Cassandra: how tests see what the cache saved.
+ReadHook = Callable[[str, str, int, int], None]
 
 
 def row_times(start: int, end: int) -> list[int]:
@@ -40,13 +63,19 @@ def row_times(start: int, end: int) -> list[int]:
 
 
 class MetricStore:
-    """The metrics tables on one keyspace, opened lazily, with prepared reads."""
+    """The metrics tables on one keyspace, opened lazily, with prepared reads.
 
-    def __init__(self, sink: CassandraSink) -> None:
+    With `cache_bytes` > 0, rollup queries keep the rows of hours in memory (cache.py) and read
+    from Cassandra only the hours whose version changed since.
+    """
+
+    def __init__(self, sink: CassandraSink, *, cache_bytes: int = 0) -> None:
         self.sink = sink
         self._opened: asyncio.Lock | None = None
         self._ready = False
         self._statements: dict[str, PreparedStatement] = {}
+        self.cache = HourCache(cache_bytes)
+        self.read_hook: ReadHook | None = None
 
     async def open(self) -> None:
         if self._ready:
@@ -59,6 +88,10 @@ class MetricStore:
             await self.sink.open()
             for table in ALL_TABLES:
                 await self.sink.ensure_table(table)
+            create_versions = ROLLUP_HOUR_VERSIONS.create_cql(self.sink.keyspace)
+            await self.sink.retrying(
+                lambda: self.sink.session.execute(create_versions), "create rollup_hour_versions"
+            )
             self._ready = True
 
     def _prepared(self, cql: str) -> PreparedStatement:
@@ -118,6 +151,28 @@ class MetricStore:
             (metric, hour - hour % ROW_WIDTH_MS, tags, hour, hour + 3_600_000),
         )
         return {row.ts: Aggregate.from_row(row._asdict()) for row in rows}
+
+    # --- rollup hour versions (cache.py) ----------------------------------------------------------
+
+    async def bump_versions(self, metric_hours: Iterable[tuple[str, int]]) -> None:
+        """Increment the version of each (metric, hour start): call it after the rollup rows of
+        those hours are acknowledged, so that cached copies of them are read again."""
+        keys = sorted(set(metric_hours))
+        for first in range(0, len(keys), VERSION_BUMPS_AT_ONCE):
+            await self.gather(
+                "UPDATE {ks}.rollup_hour_versions SET version = version + 1 "
+                "WHERE metric=? AND hour=?",
+                keys[first : first + VERSION_BUMPS_AT_ONCE],
+            )
+
+    async def hour_versions(self, metric: str, first_hour: int, last_hour: int) -> dict[int, int]:
+        """The versions of a metric's hours in [first_hour, last_hour] that have one."""
+        rows = await self.execute(
+            "SELECT hour, version FROM {ks}.rollup_hour_versions "
+            "WHERE metric=? AND hour>=? AND hour<=?",
+            (metric, first_hour, last_hour),
+        )
+        return {row.hour: row.version for row in rows}
 
     # --- deletes ---------------------------------------------------------------------------------
 
@@ -276,6 +331,11 @@ class MetricStore:
         sketch = SKETCH in plan.fields
         minute_ranges = plan.minutes + plan.hours if sketch else plan.minutes
         hour_ranges = () if sketch else plan.hours
+        if self.cache.enabled:
+            await self._cached_rollup_columns(
+                metric, texts, plan, found, minute_ranges, hour_ranges
+            )
+            return
         packed = ", ".join(packed_columns_for(plan.fields))
         minute_reads = [
             self._by_series(
@@ -318,6 +378,96 @@ class MetricStore:
                 parts[text].append(Columns.of_rows([row[1:] for row in rows]))
         for text in texts:
             found[text].columns = Columns.concat(parts.get(text, ()), plan.fields)
+
+    async def _cached_rollup_columns(
+        self,
+        metric: str,
+        texts: Sequence[str],
+        plan: Plan,
+        found: dict[str, SeriesData],
+        minute_ranges: Sequence[tuple[int, int]],
+        hour_ranges: Sequence[tuple[int, int]],
+    ) -> None:
+        """`_rollup_columns` through the hour cache: the same rows, most from memory."""
+        minute_groups, hour_groups = await asyncio.gather(
+            self._cached_hours(
+                ROLLUPS_MINUTE_PACKED.name,
+                metric,
+                texts,
+                minute_ranges,
+                plan.fields,
+                packed_columns_for,
+                "SELECT tags, ts, {columns} FROM {{ks}}.rollups_1m_packed WHERE metric=? "
+                "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
+            ),
+            self._cached_hours(
+                ROLLUPS_HOUR.name,
+                metric,
+                texts,
+                hour_ranges,
+                frozenset(FIELDS),
+                lambda fields: SCALAR_COLUMNS,
+                "SELECT tags, ts, {columns} FROM {{ks}}.rollups_1h WHERE metric=? "
+                "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
+            ),
+        )
+        parts: dict[str, list[Columns]] = defaultdict(list)
+        for (low, high), groups in zip(minute_ranges, minute_groups, strict=True):
+            try:
+                unpacked = unpack_minutes(groups, plan.fields, low, high)
+            except MissingSketchColumns:
+                await self._rollup_pieces(metric, texts, plan, found)
+                return
+            for text, columns in zip(texts, unpacked, strict=True):
+                parts[text].append(columns)
+        for groups in hour_groups:
+            for text, rows in zip(texts, groups, strict=True):
+                if rows:
+                    parts[text].append(Columns.of_rows(rows))
+        for text in texts:
+            found[text].columns = Columns.concat(parts.get(text, ()), plan.fields)
+
+    async def _cached_hours(
+        self,
+        table: str,
+        metric: str,
+        texts: Sequence[str],
+        ranges: Sequence[tuple[int, int]],
+        fields: frozenset[str],
+        columns_for: ColumnsFor,
+        cql: str,
+    ) -> list[list[list[Any]]]:
+        """Per range, per series, its rows of one rollup table (hour start, then the columns of
+        `fields`): cached hours whose version is unchanged, the rest read after the versions
+        (see cache.py) and cached."""
+        hours = hours_of(ranges)
+        if not hours or not texts:
+            return [[[] for _ in texts] for _ in ranges]
+        versions = await self.hour_versions(metric, hours[0], hours[-1])
+        plan = plan_hours(self.cache, table, metric, hours, versions, texts, fields)
+
+        async def read(wanted: HourRead) -> dict[int, HourSeries]:
+            select = cql.format(columns=", ".join(columns_for(wanted.fields)))
+            pages = await asyncio.gather(
+                *(
+                    self._by_series(select, metric, wanted.texts, low, high)
+                    for low, high in wanted.hours
+                )
+            )
+            rows: dict[str, list[Any]] = defaultdict(list)
+            for page in pages:
+                for text, found in page.items():
+                    rows[text] += [tuple(row[1:]) for row in found]
+            return rows_by_hour(rows, wanted)
+
+        fresh = await asyncio.gather(*(read(wanted) for wanted in plan.reads))
+        for wanted, by_hour in zip(plan.reads, fresh, strict=True):
+            for hour, series in by_hour.items():
+                plan.cached[hour].update(series)
+                self.cache.put((table, metric, hour), versions.get(hour), wanted.fields, series)
+                if self.read_hook is not None:
+                    self.read_hook(table, metric, hour, len(series))
+        return range_groups(plan, ranges, texts, fields, columns_for)
 
     async def strings(self, kind: str, prefix: str = "") -> list[str]:
         rows = await self.execute("SELECT value FROM {ks}.string_index WHERE kind=?", (kind,))

@@ -77,6 +77,18 @@ ROLLUPS_MINUTE_PACKED = TableDefinition(
     clustering=("ts",),
 )
 
+# A counter per metric and hour, incremented by every writer of rollups_1m_packed and rollups_1h
+# after its rows of that hour are acknowledged: what the query cache checks (cache.py). A counter,
+# not a value overwritten last-write-wins, so no increment is lost to clock skew between writers;
+# a retried increment only counts twice, which still changes the value. Created by
+# MetricStore.open, not ensure_table (a counter table takes no INSERT).
+ROLLUP_HOUR_VERSIONS = TableDefinition(
+    name="rollup_hour_versions",
+    columns={"metric": "text", "hour": "bigint", "version": "counter"},
+    partition_key=("metric",),
+    clustering=("hour",),
+)
+
 # KairosDB's row_keys: which tag sets a metric has in each three-week row.
 ROW_KEYS = TableDefinition(
     name="row_keys",
