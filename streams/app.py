@@ -324,14 +324,24 @@ class Runtime:
         self,
         stream: StreamT,
         agent: str,
-        schema: str,
+        schema: str | Mapping[str, tuple[str, Validator | None]],
         validate: Validator | None = None,
         max_records: int = 1000,
         within_seconds: float = 0.2,
     ) -> AsyncIterator[list[Decoded]]:
-        """Batches of decoded, validated records; the rest go to dead letters on the way."""
+        """Batches of decoded, validated records; the rest go to dead letters on the way.
+
+        A stream over several topics gives `schema` as {Kafka topic name: (schema, validator)}:
+        each record is decoded and validated by its own topic's pair.
+        """
         liveness = self.agent_liveness(agent)
-        decode = self.codec.decoder(schema)
+        if isinstance(schema, str):
+            only = (self.codec.decoder(schema), validate)
+            by_topic: dict[str, tuple[Callable[[bytes], dict[str, Any]], Validator | None]] = {}
+        else:
+            by_topic = {
+                topic: (self.codec.decoder(name), check) for topic, (name, check) in schema.items()
+            }
         tables_checked = False
         async for events in stream.take_events(max_records, within_seconds):
             if not tables_checked:
@@ -340,10 +350,11 @@ class Runtime:
             batch: list[Decoded] = []
             rejected = 0
             for event in events:
+                decode, check = by_topic[event.message.topic] if by_topic else only
                 try:
                     record = decode(event.value)
-                    if validate is not None:
-                        validate(record)
+                    if check is not None:
+                        check(record)
                 except (CodecError, RecordRejected) as error:
                     rejected += 1
                     await self.dead_letter(event, agent, error.error_type, str(error))

@@ -5,6 +5,8 @@ cardinality guard, writes raw points (with their retention TTL), then the row-ke
 indexes, minute and hour rollups and the per-partition rollup progress. Offsets are committed
 after all of it is in Cassandra, so a crash replays the batch into the same rows.
 `sinks.deletes_to_cassandra` applies KairosDB deletes from `metrics.deletes` (deleter.py).
+`metrics.track_latest` reads both topics (co-partitioned) and applies points and deletes to the
+latest table (`deletes.latest_changes`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.cassandra import CassandraSink
+from streams.app import Decoded, Validator, as_current_event
 from streams.bus.batching import BatchItem
 from streams.metrics import api
 from streams.metrics.deleter import DeleteApplier
-from streams.metrics.deletes import validate_delete
+from streams.metrics.deletes import latest_changes, validate_delete
 from streams.metrics.events import DELETE_SCHEMA, DELETES_TOPIC, POINT_SCHEMA, POINTS_TOPIC
 from streams.metrics.model import (
     CardinalityExceeded,
@@ -79,35 +82,30 @@ class MetricsStats:
 
 
 def register(runtime: Runtime) -> None:
-    from streams.app import as_current_event
-
     latest = runtime.table(LATEST_TABLE)
     points = runtime.topic(POINTS_TOPIC)
     latest_guard = LatestGuard(latest, runtime.settings.metrics_series_limit)
+    tracker = LatestTracker(latest, latest_guard, runtime.kafka_topic_name(POINTS_TOPIC))
+    sources = latest_sources(runtime)
+    # One Faust topic over both names: the agent reads each partition of both in offset order,
+    # and Faust's assignor gives both topics' partition n to the same worker (co-subscribed
+    # topics with equal partition counts are co-partitioned), the worker that owns the
+    # table's partition n.
+    points_and_deletes = runtime.app.topic(
+        *sources,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=runtime.topology.topic(POINTS_TOPIC).partitions,
+    )
 
     @runtime.app.on_partitions_revoked.connect
     async def forget_latest_series(*args: object, **kwargs: object) -> None:
         latest_guard.forget()
 
-    @runtime.app.agent(points, name=TRACK_LATEST)
+    @runtime.app.agent(points_and_deletes, name=TRACK_LATEST)
     async def track_latest(stream):  # type: ignore[no-untyped-def]
-        async for batch in runtime.decoded_batches(
-            stream, TRACK_LATEST, POINT_SCHEMA, validate=validate_point
-        ):
-            # One table write (and changelog record) per series per batch, not per point.
-            newest_in_batch: dict[str, Any] = {}
-            for item in batch:
-                point = item.record
-                if not latest_guard.admits(point):
-                    continue
-                key = series_key(point["name"], point["tags"])
-                best = newest_in_batch.get(key)
-                if newest(best.record if best is not None else None, point):
-                    newest_in_batch[key] = item
-            for key, item in newest_in_batch.items():
-                if newest(latest.get(key), item.record):
-                    as_current_event(item)
-                    latest[key] = latest_entry(item.record)
+        async for batch in runtime.decoded_batches(stream, TRACK_LATEST, sources):
+            tracker.apply(batch)
 
     settings = runtime.settings
     sink = CassandraSink(
@@ -145,6 +143,98 @@ def register(runtime: Runtime) -> None:
     api.register(runtime, latest, points, store)
 
 
+def latest_sources(runtime: Runtime) -> dict[str, tuple[str, Validator]]:
+    """The Kafka topics `metrics.track_latest` reads, with each one's schema and validator.
+
+    Points and deletes must be co-partitioned (same partition count and key, both produced with
+    the murmur2 partitioner: aiokafka's default, and `murmur2_random` in the SDK), so a delete
+    of a metric is read by the worker that holds the metric's latest entries.
+    """
+    spec_points = runtime.topology.topic(POINTS_TOPIC)
+    spec_deletes = runtime.topology.topic(DELETES_TOPIC)
+    if (spec_points.partitions, spec_points.key) != (spec_deletes.partitions, spec_deletes.key):
+        raise ValueError(
+            f"{POINTS_TOPIC} and {DELETES_TOPIC} must be co-partitioned (same partitions and "
+            f"key) for {TRACK_LATEST}; topology.yaml declares {spec_points.partitions} "
+            f"({spec_points.key!r}) and {spec_deletes.partitions} ({spec_deletes.key!r})"
+        )
+    return {
+        runtime.kafka_topic_name(POINTS_TOPIC): (POINT_SCHEMA, validate_point),
+        runtime.kafka_topic_name(DELETES_TOPIC): (DELETE_SCHEMA, validate_delete),
+    }
+
+
+def accepted_ms(event: Any) -> int:
+    """When the bus accepted a record: its Kafka timestamp (Faust gives seconds), in ms."""
+    timestamp = event.message.timestamp
+    return round(timestamp * 1000) if timestamp else 0
+
+
+class LatestTracker:
+    """The one writer of `metrics.latest`: points and deletes in the order they are read.
+
+    Every table write is made with its record's event as the current event, so the changelog
+    and store partition is the record's (points and deletes of a metric share it).
+    """
+
+    def __init__(self, latest: Any, guard: LatestGuard, points_topic: str) -> None:
+        self.latest = latest
+        self.guard = guard
+        self.points_topic = points_topic
+        self.deletes = 0
+
+    def apply(self, batch: list[Decoded]) -> None:
+        points: list[Decoded] = []
+        for item in batch:
+            if item.event.message.topic == self.points_topic:
+                points.append(item)
+                continue
+            self.apply_points(points)
+            points = []
+            self.apply_delete(item)
+        self.apply_points(points)
+
+    def apply_points(self, items: list[Decoded]) -> None:
+        # One table write (and changelog record) per series per run of points, not per point.
+        newest_in_batch: dict[str, Decoded] = {}
+        for item in items:
+            point = item.record
+            if not self.guard.admits(point):
+                continue
+            key = series_key(point["name"], point["tags"])
+            best = newest_in_batch.get(key)
+            if newest(best.record if best is not None else None, point):
+                newest_in_batch[key] = item
+        for key, item in newest_in_batch.items():
+            if newest(self.latest.get(key), item.record):
+                as_current_event(item)
+                self.latest[key] = latest_entry(item.record, accepted_ms(item.event))
+
+    def apply_delete(self, item: Decoded) -> None:
+        delete = item.record
+        prefix = f"{delete['metric']}|"
+        changes = latest_changes(
+            delete, [(k, v) for k, v in self.latest.items() if k.startswith(prefix)]
+        )
+        if not changes:
+            return
+        as_current_event(item)
+        for key, entry in changes.hidden.items():
+            self.latest[key] = entry
+        for key in changes.dropped:
+            del self.latest[key]
+        if changes.dropped:
+            self.guard.forget_metric(delete["metric"])
+        self.deletes += 1
+        log.info(
+            "delete %s: %d latest entries of %s hidden, %d dropped",
+            delete["delete_id"],
+            len(changes.hidden),
+            delete["metric"],
+            len(changes.dropped),
+        )
+
+
 class LatestGuard:
     """The cardinality guard of the latest-point table: the same rule, the same answers.
 
@@ -162,6 +252,10 @@ class LatestGuard:
 
     def forget(self) -> None:
         self.series.clear()
+
+    def forget_metric(self, metric: str) -> None:
+        """Series of the metric were dropped from the table: read its keys again when needed."""
+        self.series.pop(metric, None)
 
     def admits(self, point: dict[str, Any]) -> bool:
         metric = point["name"]

@@ -22,7 +22,7 @@ from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
 from streams.metrics.deletes import delete_records, whole_metric_record
 from streams.metrics.events import DELETE_SCHEMA, DELETES_TOPIC, POINT_SCHEMA, POINTS_TOPIC
 from streams.metrics.ingest import KairosErrors, decompress, parse_datapoints, parse_put
-from streams.metrics.model import cardinality_level, tags_from_text
+from streams.metrics.model import cardinality_level, is_listed, tags_from_text
 from streams.metrics.query import answer_metric, parse_query, plan_metric, tags_answer
 from streams.metrics.tables import METRIC_NAMES, TAG_NAMES, TAG_VALUES
 
@@ -64,7 +64,11 @@ def register(
         @app.topic_route(points, query_param="metric")
         async def _owned(self, request: Any, metric: str) -> Any:
             prefix = f"{metric}|"
-            series = [value for key, value in latest.items() if key.startswith(prefix)]
+            series = [
+                value
+                for key, value in latest.items()
+                if key.startswith(prefix) and value.get("name") == metric and is_listed(value)
+            ]
             series.sort(key=lambda entry: sorted(entry["tags"].items()))
             return self.json({"metric": metric, "series": series})
 
@@ -344,7 +348,11 @@ def _document(runtime: Runtime) -> None:
                 "summary": "the newest point of every series of a metric",
                 "parameters": [query_parameter("metric", "metric name", required=True)],
                 "responses": {
-                    "200": json_response("`{metric, series: [{name, tags, timestamp_ms, value}]}`"),
+                    "200": json_response(
+                        "`{metric, series: [{name, tags, timestamp_ms, value, accepted_ms}]}` "
+                        "(`accepted_ms`: the Kafka timestamp of the point's record); series "
+                        "whose newest point was deleted are not listed"
+                    ),
                     "400": BAD_REQUEST,
                     "503": json_response("the worker is starting or rebalancing; retry"),
                 },

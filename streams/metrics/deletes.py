@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.errors import RecordRejected
-from streams.metrics.model import EARLIEST_MS, LATEST_MS, ROW_WIDTH_MS
+from streams.metrics.model import EARLIEST_MS, LATEST_MS, ROW_WIDTH_MS, hidden_entry, is_listed
 from streams.metrics.query import parse_query
 from streams.metrics.rollup import HOUR_MS, MINUTE_MS, Aggregate, merge_all
 
@@ -71,6 +71,52 @@ def matches(tag_filter: Mapping[str, Iterable[str]], tags: Mapping[str, str]) ->
 def stored_range(start: int, end: int) -> tuple[int, int]:
     """The part of [start, end] a stored point can be in (points are between 2000 and 2200)."""
     return max(start, EARLIEST_MS), min(end, LATEST_MS)
+
+
+@dataclass(frozen=True)
+class LatestChanges:
+    """What one delete does to the latest-point table (`metrics.latest`).
+
+    `hidden`: keys whose point a range delete removed, with the entry that replaces it (not
+    listed by /metrics/latest, but the series stays a key, so the guard keeps counting it, as
+    the batch agent's `metric_series` does). `dropped`: keys a whole-metric delete removes (the
+    series count of the metric starts again, as in Cassandra).
+    """
+
+    hidden: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.hidden or self.dropped)
+
+
+def latest_changes(
+    delete: Mapping[str, Any], entries: Iterable[tuple[str, Mapping[str, Any]]]
+) -> LatestChanges:
+    """The latest entries (key, value) of the table that a MetricDelete removes.
+
+    An entry goes when it is of the delete's metric, the bus accepted its point at or before the
+    request (`accepted_ms <= requested_ms`: a point that arrives after the request survives, as
+    Cassandra's `USING TIMESTAMP requested_ms` lets it survive; entries without `accepted_ms`
+    were written before it was recorded and count as older) and, unless the whole metric is
+    deleted, its series matches the tag filter and its newest point lies in [start_ms, end_ms].
+    """
+    metric = delete["metric"]
+    requested = delete["requested_ms"]
+    hidden: dict[str, dict[str, Any]] = {}
+    dropped: list[str] = []
+    for key, entry in entries:
+        if entry.get("name") != metric or entry.get("accepted_ms", 0) > requested:
+            continue
+        if delete["whole_metric"]:
+            dropped.append(key)
+        elif (
+            is_listed(entry)
+            and matches(delete["tags"], entry["tags"])
+            and delete["start_ms"] <= entry["timestamp_ms"] <= delete["end_ms"]
+        ):
+            hidden[key] = hidden_entry(entry, requested)
+    return LatestChanges(hidden, tuple(sorted(dropped)))
 
 
 @dataclass(frozen=True)

@@ -54,17 +54,43 @@ def series_key(name: str, tags: Mapping[str, str]) -> str:
 
 
 def newest(current: Mapping[str, Any] | None, candidate: Mapping[str, Any]) -> bool:
-    """Whether `candidate` replaces `current` as a series' latest point (ties: later wins)."""
-    return current is None or candidate["timestamp_ms"] >= current["timestamp_ms"]
+    """Whether `candidate` replaces `current` as a series' latest point (ties: later wins).
+
+    A hidden entry (its point was deleted, `hidden_entry`) is replaced by any point.
+    """
+    return (
+        current is None
+        or not is_listed(current)
+        or candidate["timestamp_ms"] >= current["timestamp_ms"]
+    )
 
 
-def latest_entry(point: Mapping[str, Any]) -> dict[str, Any]:
+def latest_entry(point: Mapping[str, Any], accepted_ms: int = 0) -> dict[str, Any]:
+    """The latest-table value of a point; `accepted_ms` is when the bus accepted it (the Kafka
+    record's timestamp), which a delete compares with the time it was requested."""
     return {
         "name": point["name"],
         "tags": dict(point["tags"]),
         "timestamp_ms": point["timestamp_ms"],
         "value": point["value"],
+        "accepted_ms": accepted_ms,
     }
+
+
+def hidden_entry(entry: Mapping[str, Any], deleted_ms: int) -> dict[str, Any]:
+    """What stays of a latest entry whose point a range delete removed: not listed, but still a
+    key of the table, so the series stays counted by the guard (as in `metric_series`)."""
+    return {
+        "name": entry["name"],
+        "tags": dict(entry["tags"]),
+        "accepted_ms": entry.get("accepted_ms", 0),
+        "deleted_ms": deleted_ms,
+    }
+
+
+def is_listed(entry: Mapping[str, Any]) -> bool:
+    """Whether a latest entry holds a point (`/metrics/latest` lists it) or is hidden."""
+    return "timestamp_ms" in entry
 
 
 def raw_point_row(point: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from streams.app import Runtime
 from streams.metrics.agents import TRACK_LATEST
 from streams.metrics.model import series_key
 from streams.settings import Settings
+from tests.faust_context import put_on
 from tests.records import metric_point as point
 
 POINT = "stackstream.metrics.MetricPoint"
@@ -37,18 +38,25 @@ async def test_points_update_the_latest_table_and_bad_ones_become_dead_letters(
     agent = runtime.app.agents[TRACK_LATEST]
     table = runtime.table("metrics.latest")
     encode = runtime.codec.encode
+    points = runtime.kafka_topic_name("metrics.points")
     async with agent.test_context() as context:
-        await context.put(encode(POINT, point(value=1.0)), key=b"cpu")
-        await context.put(
-            encode(POINT, point(value=2.0, timestamp_ms=1_700_000_001_000)), key=b"cpu"
+        await put_on(context, points, encode(POINT, point(value=1.0)), key=b"cpu")
+        await put_on(
+            context,
+            points,
+            encode(POINT, point(value=2.0, timestamp_ms=1_700_000_001_000)),
+            key=b"cpu",
         )
-        await context.put(
-            encode(POINT, point(value=9.0, timestamp_ms=1_600_000_000_000)), key=b"cpu"
+        await put_on(
+            context,
+            points,
+            encode(POINT, point(value=9.0, timestamp_ms=1_600_000_000_000)),
+            key=b"cpu",
         )
-        await context.put(b"not avro at all", key=b"cpu")
-        await context.put(b"\xc3\x01" + b"\x11" * 8 + b"\x00", key=b"cpu")
-        await context.put(encode(POINT, point(tags={})), key=b"cpu")
-        await context.put(encode(POINT, point(name="mem")), key=b"mem")
+        await put_on(context, points, b"not avro at all", key=b"cpu")
+        await put_on(context, points, b"\xc3\x01" + b"\x11" * 8 + b"\x00", key=b"cpu")
+        await put_on(context, points, encode(POINT, point(tags={})), key=b"cpu")
+        await put_on(context, points, encode(POINT, point(name="mem")), key=b"mem")
         for _ in range(50):
             if len(runtime.context["sent"]) == 3 and series_key("mem", {"host": "a"}) in table:
                 break
