@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -203,7 +204,16 @@ def worker(loglevel: str, web_port: int | None) -> None:
     if web_port is not None:
         settings = settings.model_copy(update={"web_port": web_port})
     runtime = create_runtime(settings)
-    Worker(runtime.app, loglevel=loglevel).execute_from_commandline()
+
+    class StackstreamWorker(Worker):
+        async def on_startup_finished(self) -> None:
+            await super().on_startup_finished()
+            # Everything built during start-up lives as long as the worker: frozen, a full
+            # garbage collection no longer walks it (without this, one took 100-300 ms in the
+            # middle of requests).
+            gc.freeze()
+
+    StackstreamWorker(runtime.app, loglevel=loglevel).execute_from_commandline()
 
 
 @main.command()

@@ -308,6 +308,9 @@ class Columns:
         sketch = SketchBins.concat(bins) if with_sketch else None
         if not chosen:
             return cls(np.zeros(0, np.int64), {f: _empty(f) for f in wanted}, sketch)
+        if len(chosen) == 1:
+            only = chosen[0]
+            return cls(only.start, {f: only.fields[f] for f in wanted}, sketch)
         return cls(
             np.concatenate([part.start for part in chosen]),
             {f: np.concatenate([part.fields[f] for part in chosen]) for f in wanted},
