@@ -362,22 +362,19 @@ class MetricStore:
         minute_pages, hour_pages = await asyncio.gather(
             asyncio.gather(*minute_reads), asyncio.gather(*hour_reads)
         )
-        parts: dict[str, list[Columns]] = defaultdict(list)
-        for page, (low, high) in zip(minute_pages, minute_ranges, strict=True):
-            read = list(page)
-            groups = [[row[1:] for row in page[text]] for text in read]
-            try:
-                unpacked = unpack_minutes(groups, plan.fields, low, high)
-            except MissingSketchColumns:
-                await self._rollup_pieces(metric, texts, plan, found)
-                return
-            for text, columns in zip(read, unpacked, strict=True):
-                parts[text].append(columns)
-        for page in hour_pages:
-            for text, rows in page.items():
-                parts[text].append(Columns.of_rows([row[1:] for row in rows]))
-        for text in texts:
-            found[text].columns = Columns.concat(parts.get(text, ()), plan.fields)
+
+        def by_text(page: dict[str, list[Any]]) -> list[list[Any]]:
+            return [[row[1:] for row in page.get(text, ())] for text in texts]
+
+        await self._fill_columns(
+            metric,
+            texts,
+            plan,
+            found,
+            minute_ranges,
+            [by_text(page) for page in minute_pages],
+            [by_text(page) for page in hour_pages],
+        )
 
     async def _cached_rollup_columns(
         self,
@@ -411,6 +408,22 @@ class MetricStore:
                 "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
             ),
         )
+        await self._fill_columns(
+            metric, texts, plan, found, minute_ranges, minute_groups, hour_groups
+        )
+
+    async def _fill_columns(
+        self,
+        metric: str,
+        texts: Sequence[str],
+        plan: Plan,
+        found: dict[str, SeriesData],
+        minute_ranges: Sequence[tuple[int, int]],
+        minute_groups: Sequence[Sequence[Sequence[Any]]],
+        hour_groups: Sequence[Sequence[Sequence[Any]]],
+    ) -> None:
+        """Each series' columns from its packed minute rows (per minute range) and hour rows,
+        both given per range as one list of rows per series, in `texts` order."""
         parts: dict[str, list[Columns]] = defaultdict(list)
         for (low, high), groups in zip(minute_ranges, minute_groups, strict=True):
             try:
