@@ -25,6 +25,20 @@ class HandlerFailed(Exception):
     pass
 
 
+def runtime_over_points(stack_settings: Settings, names: tuple[str, ...]) -> Runtime:
+    """A runtime without domains over a fresh points topic holding RECORDS points with values
+    0 … RECORDS-1, the metric names (the keys) taken in turn from `names`."""
+    settings = stack_settings.model_copy(update={"table_store": "memory"})
+    apply_topics(settings)
+    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
+    for index in range(RECORDS):
+        point = metric_point(name=names[index % len(names)], value=float(index))
+        producer.emit(POINTS_TOPIC, POINT_SCHEMA, point, key=point["name"])
+    producer.close()
+    assert producer.stats.delivered == RECORDS
+    return Runtime(settings, domains=())
+
+
 async def consume_until(agent: BatchAgent, done: asyncio.Event, timeout: float) -> None:
     task = asyncio.create_task(agent.run())
     try:
@@ -38,14 +52,7 @@ async def consume_until(agent: BatchAgent, done: asyncio.Event, timeout: float) 
 async def test_a_failed_batch_is_seen_again_and_a_handled_one_is_not(
     stack_settings: Settings,
 ) -> None:
-    settings = stack_settings.model_copy(update={"table_store": "memory"})
-    apply_topics(settings)
-    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
-    for index in range(RECORDS):
-        producer.emit(POINTS_TOPIC, POINT_SCHEMA, metric_point(value=float(index)), key="cpu")
-    producer.close()
-    assert producer.stats.delivered == RECORDS
-    runtime = Runtime(settings, domains=())
+    runtime = runtime_over_points(stack_settings, ("cpu",))
 
     failed = asyncio.Event()
 
@@ -88,16 +95,7 @@ async def test_a_failed_batch_is_seen_again_and_a_handled_one_is_not(
 async def test_prefetch_sees_a_failed_batch_again_and_skips_or_repeats_nothing(
     stack_settings: Settings,
 ) -> None:
-    settings = stack_settings.model_copy(update={"table_store": "memory"})
-    apply_topics(settings)
-    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
-    keys = ("cpu", "mem", "disk", "net")
-    for index in range(RECORDS):
-        point = metric_point(name=keys[index % len(keys)], value=float(index))
-        producer.emit(POINTS_TOPIC, POINT_SCHEMA, point, key=point["name"])
-    producer.close()
-    assert producer.stats.delivered == RECORDS
-    runtime = Runtime(settings, domains=())
+    runtime = runtime_over_points(stack_settings, ("cpu", "mem", "disk", "net"))
 
     def prefetching(handler: Callable[[list[BatchItem]], Awaitable[None]]) -> BatchAgent:
         return BatchAgent(
@@ -165,14 +163,7 @@ async def test_prefetch_sees_a_failed_batch_again_and_skips_or_repeats_nothing(
 async def test_unfinished_writes_overlap_the_next_batch_and_commit_only_when_done(
     stack_settings: Settings,
 ) -> None:
-    settings = stack_settings.model_copy(update={"table_store": "memory"})
-    apply_topics(settings)
-    producer = EventProducer(settings.kafka, topic_prefix=settings.topic_prefix)
-    for index in range(RECORDS):
-        producer.emit(POINTS_TOPIC, POINT_SCHEMA, metric_point(value=float(index)), key="cpu")
-    producer.close()
-    assert producer.stats.delivered == RECORDS
-    runtime = Runtime(settings, domains=())
+    runtime = runtime_over_points(stack_settings, ("cpu",))
     loop = asyncio.get_running_loop()
     batches: list[list[float]] = []
     writes: list[asyncio.Future] = []

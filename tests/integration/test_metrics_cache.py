@@ -28,7 +28,8 @@ from streams.metrics.rollup import HOUR_MS, MINUTE_MS
 from streams.metrics.store import MetricStore
 from streams.settings import Settings
 from tests.integration.faults import TrafficProducer
-from tests.integration.worker import apply_topics, eventually, get_json, running_worker
+from tests.integration.test_metrics_kairos import metrics_worker_settings
+from tests.integration.worker import eventually, get_json, running_worker
 
 pytestmark = pytest.mark.integration
 METRIC = "demo.cache.latency"
@@ -101,10 +102,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 def test_cached_hours_are_read_again_after_late_points_deletes_and_backfills(
     stack_settings: Settings, tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
-    settings = stack_settings.model_copy(
-        update={"domains": "bus,metrics", "metrics_telnet_port": 0, "metrics_rollup_grace_s": 0.0}
-    )
-    apply_topics(settings)
+    settings = metrics_worker_settings(stack_settings)
     log_path = tmp_path / "worker.log"
     base = f"http://127.0.0.1:{settings.web_port}/api/v1"
     first = (int(time.time() * 1000) // HOUR_MS - 4) * HOUR_MS

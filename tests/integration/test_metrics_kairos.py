@@ -183,6 +183,16 @@ def test_ingest_query_rollups_indexes_and_cardinality(
         assert "/api/v1/datapoints/query" in document["paths"]
 
 
+def metrics_worker_settings(stack_settings: Settings) -> Settings:
+    """A bus+metrics worker's settings without the telnet port and with no rollup grace, so
+    minutes close at once; its topics created."""
+    settings = stack_settings.model_copy(
+        update={"domains": "bus,metrics", "metrics_telnet_port": 0, "metrics_rollup_grace_s": 0.0}
+    )
+    apply_topics(settings)
+    return settings
+
+
 def _delete(url: str) -> int:
     request = urllib.request.Request(url, method="DELETE")
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -192,10 +202,7 @@ def _delete(url: str) -> int:
 def test_delete_by_query_and_delete_metric_reach_points_and_rollups(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stack_settings.model_copy(
-        update={"domains": "bus,metrics", "metrics_telnet_port": 0, "metrics_rollup_grace_s": 0.0}
-    )
-    apply_topics(settings)
+    settings = metrics_worker_settings(stack_settings)
     log_path = tmp_path / "worker.log"
     base = f"http://127.0.0.1:{settings.web_port}/api/v1"
     metric = "demo.queue.depth"

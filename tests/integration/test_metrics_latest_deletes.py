@@ -21,7 +21,8 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.metrics.events import DELETES_TOPIC, POINT_SCHEMA, POINTS_TOPIC
 from streams.sdk.producer import EventProducer
 from streams.settings import Settings
-from tests.integration.worker import apply_topics, eventually, get_json, running_worker
+from tests.integration.test_metrics_kairos import metrics_worker_settings
+from tests.integration.worker import eventually, get_json, running_worker
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000
@@ -71,10 +72,7 @@ def _partitions_by_key(settings: Settings, topics: list[str], expected: int) -> 
 def test_deletes_remove_series_from_latest_and_later_points_come_back(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stack_settings.model_copy(
-        update={"domains": "bus,metrics", "metrics_telnet_port": 0, "metrics_rollup_grace_s": 0.0}
-    )
-    apply_topics(settings)
+    settings = metrics_worker_settings(stack_settings)
     log_path = tmp_path / "worker.log"
     root = f"http://127.0.0.1:{settings.web_port}"
     base = f"{root}/api/v1"
