@@ -44,9 +44,9 @@ from streams.metrics.tables import (
     rollup_row,
 )
 from streams.settings import Settings
-from streams.tracing.agents import REPORT_BATCH_BYTES, ReportStore, report_options
+from streams.tracing.agents import ReportStore, report_options
 from streams.tracing.events import MESSAGES_TOPIC, TREE_SCHEMA
-from streams.tracing.tables import HOUR_ROWS, MINUTE_ROWS, MINUTES, stored_row
+from streams.tracing.tables import MINUTES, stored_row
 
 Progress = Callable[[int], None]
 SOURCES = {"tracing": (MESSAGES_TOPIC, TREE_SCHEMA), "metrics": (POINTS_TOPIC, POINT_SCHEMA)}
@@ -145,19 +145,12 @@ async def _tracing(
             rebuild.add(partition, offset, tree)
     rows = rebuild.rows()
     if not dry_run:
-        await ReportStore(sink).open()
-        await sink.upsert(
-            MINUTE_ROWS.name,
-            [stored_row(row, last_offset) for row, last_offset in rows.minutes],
-            unset_none=True,
-            partition_batch_bytes=REPORT_BATCH_BYTES,
+        store = ReportStore(sink)
+        await store.open()
+        await store.write_rows(
+            "minute", [stored_row(row, last_offset) for row, last_offset in rows.minutes]
         )
-        await sink.upsert(
-            HOUR_ROWS.name,
-            [stored_row(row, -1) for row in rows.hours],
-            unset_none=True,
-            partition_batch_bytes=REPORT_BATCH_BYTES,
-        )
+        await store.write_rows("hour", [stored_row(row, -1) for row in rows.hours])
         await sink.upsert(MINUTES.name, rows.index)
     return rebuild.counts, undecodable
 

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +53,18 @@ from streams.tracing.model import (
     validate_tree,
 )
 from streams.tracing.tables import (
-    HOUR_ROWS,
-    MINUTE_ROWS,
     MINUTES,
+    REPORT_TABLES,
     TABLES,
-    VIEW_COLUMNS,
+    TOTALS_GROUP,
     bucket_of,
+    check_format,
+    pack_rows,
+    packed_columns,
     report_row,
     stored_row,
+    type_group,
+    unpack_rows,
 )
 
 if TYPE_CHECKING:
@@ -72,7 +76,9 @@ BUILD_REPORTS = "tracing.build_reports"
 LOGVIEW_TO_ELASTICSEARCH = "sinks.trace_logview_to_elasticsearch"
 REPORTS = ("transaction", "event", "problem")
 BATCH_RECORDS = 5000  # trees per batch; a shorter batch means the agent has caught up
-REPORT_BATCH_BYTES = 16_384  # rows of one (domain, report, bucket) partition per request
+WRITE_WAVE_BYTES = 4 << 20
+# What a read of whole stored rows (restores, hour and day merges) selects of a packed part.
+PACKED_READ = ("bucket_ms", "period_start_ms", "host", "format", "rows", "sketches", "last_offset")
 LOGVIEW_MAPPINGS = {
     "dynamic": False,
     "properties": {
@@ -109,7 +115,10 @@ def logview_index(settings: Settings, timestamp_us: int) -> str:
 
 
 class ReportStore:
-    """The report tables in Cassandra: writes for the agent, reads for the API and restores."""
+    """The report tables in Cassandra: writes for the agent, reads for the API and restores.
+
+    Rows go in and come out as stored rows (one per name); packing them into groups
+    (`tables.pack_rows`) stays inside."""
 
     def __init__(self, sink: CassandraSink) -> None:
         self.sink = sink
@@ -130,12 +139,26 @@ class ReportStore:
             )
             self._ready = True
 
-    def _cql(self, table: str, where: str) -> str:
-        return f"SELECT * FROM {self.sink.keyspace}.{table} WHERE {where}"
+    async def write_rows(self, period: str, rows: list[dict[str, Any]]) -> None:
+        """Stored rows (`stored_row`) of whole groups to their period's table, a few MB of
+        packed parts per request wave (dozens of large parts in flight at once made Cassandra
+        stop reading the connection: the driver's "connection is overloaded")."""
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for part in pack_rows(rows):
+            chunk.append(part)
+            size += len(part["rows"]) + len(part["sketches"])
+            if size >= WRITE_WAVE_BYTES:
+                await self.sink.upsert(REPORT_TABLES[period].name, chunk)
+                chunk, size = [], 0
+        if chunk:
+            await self.sink.upsert(REPORT_TABLES[period].name, chunk)
 
     async def minute_entry(self, domain: str, minute_ms: int) -> dict[str, Any] | None:
         found = await self.sink.select(
-            self._cql(MINUTES.name, "domain = %s AND period_start_ms = %s"), (domain, minute_ms)
+            f"SELECT * FROM {self.sink.keyspace}.{MINUTES.name} "
+            "WHERE domain = %s AND period_start_ms = %s",
+            (domain, minute_ms),
         )
         return found[0] if found else None
 
@@ -156,49 +179,48 @@ class ReportStore:
         start_ms: int | None = None,
         *,
         bucket_ms: int | None = None,
-        host: str | None = None,
-        type_: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored rows of one report: one period start (optionally one host, type), or a whole
-        bucket (the hour of minute rows, the day of hour rows)."""
-        table = MINUTE_ROWS if period == "minute" else HOUR_ROWS
+        """Stored rows of one report, sketches included: one period start, or a whole bucket
+        (the hour of minute rows, the day of hour rows)."""
+        table = REPORT_TABLES[period]
         bucket = bucket_ms if bucket_ms is not None else bucket_of(period, start_ms or 0)
-        where = "domain = %s AND report = %s AND bucket_ms = %s"
+        where = "domain = ? AND report = ? AND bucket_ms = ?"
         values: list[Any] = [domain, report, bucket]
         if start_ms is not None:
-            where += " AND period_start_ms = %s"
+            where += " AND period_start_ms = ?"
             values.append(start_ms)
-            if host is not None:
-                where += " AND host = %s"
-                values.append(host)
-                if type_ is not None:
-                    where += " AND type = %s"
-                    values.append(type_)
-        found = await self.sink.select(self._cql(table.name, where), values)
-        return [report_row(row, period) for row in found]
-
-    async def view_rows(
-        self, period: str, domain: str, report: str, start_ms: int, host: str, type_: str | None
-    ) -> list[dict[str, Any]]:
-        """The rows a report page shows (one minute or hour, one host, optionally one type):
-        only the columns it shows, through a prepared statement as plain tuples. Transaction
-        rows stored before the percentile columns existed are read again with their sketch."""
-        table = MINUTE_ROWS if period == "minute" else HOUR_ROWS
-        columns = VIEW_COLUMNS[report]
-        cql = (
-            f"SELECT {', '.join(columns)} FROM {self.sink.keyspace}.{table.name} WHERE domain = ? "
-            "AND report = ? AND bucket_ms = ? AND period_start_ms = ? AND host = ?"
-            + (" AND type = ?" if type_ is not None else "")
-        )
-        values: list[Any] = [domain, report, bucket_of(period, start_ms), start_ms, host]
-        if type_ is not None:
-            values.append(type_)
+        columns = ", ".join(PACKED_READ)
+        cql = f"SELECT {columns} FROM {self.sink.keyspace}.{table.name} WHERE {where}"
         found = await self.sink.retrying(lambda: self._select_tuples(cql, values), "report read")
-        fixed = {"report": report, "period": period, "domain": domain}
-        rows = [{**fixed, **dict(zip(columns, values, strict=True))} for values in found]
-        if report == "transaction" and any(row["count"] and row["p50_us"] is None for row in rows):
-            return await self.rows(period, domain, report, start_ms, host=host, type_=type_)
-        return rows
+        fixed = {"domain": domain, "report": report}
+        return [
+            report_row(row, period)
+            for part in found
+            for row in unpack_rows({**fixed, **dict(zip(PACKED_READ, part, strict=True))})
+        ]
+
+    async def view_columns(
+        self, period: str, domain: str, report: str, start_ms: int, host: str, type_: str | None
+    ) -> dict[str, Sequence[Any]]:
+        """The rows a report page shows (one minute or hour, one host) as columns: the per-type
+        totals, or with `type_` that type's total and name rows. One or two packed groups read
+        without their sketches."""
+        table = REPORT_TABLES[period]
+        groups = (TOTALS_GROUP,) if type_ is None else (TOTALS_GROUP, type_)
+        cql = (
+            f"SELECT format, rows, last_offset FROM {self.sink.keyspace}.{table.name} "
+            "WHERE domain = ? AND report = ? AND bucket_ms = ? AND period_start_ms = ? "
+            f"AND host = ? AND type_group IN ({', '.join('?' for _ in groups)})"
+        )
+        values: list[Any] = [domain, report, bucket_of(period, start_ms), start_ms, host, *groups]
+        found = await self.sink.retrying(lambda: self._select_tuples(cql, values), "report read")
+        where = {"domain": domain, "report": report, "period_start_ms": start_ms}
+        for packed_format, _, _ in found:
+            check_format({**where, "format": packed_format})
+        columns = packed_columns([(cell, offset) for _, cell, offset in found], type_)
+        size = len(columns["count"])
+        return {**columns, "domain": [domain] * size, "host": [host] * size,
+                "period_start_ms": [start_ms] * size}  # fmt: skip
 
     async def minutes_version(
         self, domain: str, period: str, start_ms: int
@@ -528,13 +550,19 @@ class ReportBuilder:
             if part:
                 force |= await self._merge_hours(partition, self.partitions[partition], part)
         hour_rows: list[dict[str, Any]] = []
+        changed_hour_rows: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
         released: dict[int, int] = {}
         if self._flush_due(force=force):
             for partition, pending in self.pending.items():
                 hours = self.hours[partition]
                 for key, keys in sorted(pending.rows.items()):
-                    hour_rows.extend(hours[key].rows(keys))
+                    hour = hours[key]
+                    group_rows = hour.rows(whole_groups(hour, keys))
+                    hour_rows.extend(group_rows)
+                    changed_hour_rows.extend(
+                        r for r in group_rows if keys is None or report_key(r) in keys
+                    )
                 entries.extend(pending.minutes.values())
                 if pending.hold_offset is not None:
                     released[partition] = pending.hold_offset
@@ -549,7 +577,7 @@ class ReportBuilder:
         self._writing_minutes = entries
         self._writing = asyncio.ensure_future(
             self._write(minute_rows, [stored_row(row, -1) for row in hour_rows], entries,
-                        [*rows, *hour_rows])
+                        [*rows, *changed_hour_rows])
         )  # fmt: skip
 
     async def drain(self) -> None:
@@ -572,15 +600,11 @@ class ReportBuilder:
         """Minute rows, hour rows, the rows on `trace.reports`, and last the minute index
         entries that mark minutes (and their hours) durable. Runs while the next batch is
         applied; the commit stays held until it is done."""
-        sink = self.store.sink
-        for table, stored in ((MINUTE_ROWS, minute_rows), (HOUR_ROWS, hour_rows)):
-            if stored:
-                await sink.upsert(
-                    table.name, stored, unset_none=True, partition_batch_bytes=REPORT_BATCH_BYTES
-                )
+        await self.store.write_rows("minute", minute_rows)
+        await self.store.write_rows("hour", hour_rows)
         await self.reports.send(records)
         if entries:
-            await sink.upsert(MINUTES.name, entries)
+            await self.store.sink.upsert(MINUTES.name, entries)
         self.stats.rows_written += len(minute_rows) + len(hour_rows)
 
     async def _merge_hours(
@@ -670,6 +694,18 @@ class ReportBuilder:
         hours = self.hours[partition]
         for key in [key for key in hours if key[1] + HOUR_MS < horizon]:
             del hours[key]
+
+
+def report_key(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    return (row["report"], row["host"], row["type"], row["name"])
+
+
+def whole_groups(hour: HourReport, keys: set[Any] | None) -> set[Any] | None:
+    """The hour's row keys of every stored group that `keys` touch: a group is written whole."""
+    if keys is None:
+        return None
+    groups = {(report, host, type_group(type_, name)) for report, host, type_, name in keys}
+    return {key for key in hour.stats if (key[0], key[1], type_group(key[2], key[3])) in groups}
 
 
 class LogviewWriter:

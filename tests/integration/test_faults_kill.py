@@ -116,7 +116,7 @@ def test_kill_9_mid_stream_three_times_loses_and_doubles_nothing(
                 _describe_difference(stored, expected_minutes, expected_rollups, first, last)
             hours = {
                 k: v
-                for k, v in stored.transactions("trace_report_hour").items()
+                for k, v in stored.transactions("trace_hour_reports").items()
                 if k in expected_hours
             }
             assert hours == expected_hours

@@ -18,6 +18,7 @@ from streams.sdk.producer import EventProducer
 from streams.settings import Settings
 from streams.tracing.events import MESSAGES_TOPIC, TREE_SCHEMA
 from streams.tracing.sample_services import call_services, sample_apps, sample_tracers
+from streams.tracing.tables import REPORT_TABLE_NAMES, unpack_parts
 from tests.integration.worker import apply_topics, eventually, get_json, running_worker
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,8 @@ def _cassandra_rows(settings: Settings, table: str) -> list[dict[str, Any]]:
             if "Unknown CF" not in str(error):
                 raise
             return []
-        return [row._asdict() for row in rows]
+        found = [row._asdict() for row in rows]
+        return unpack_parts(found) if table in REPORT_TABLE_NAMES else found
     finally:
         cluster.shutdown()
 
@@ -141,6 +143,13 @@ def test_cross_service_trees_become_reports_logview_chains_and_dead_letters(
         url = names["total"]
         assert url["min_ms"] <= url["p50_ms"] <= url["p99_ms"] <= url["max_ms"]
         assert url["fail_count"] == 3  # stock fails every 9th call; shop answers 502
+        if len(hours) == 1:  # the day merges the hour rows: the same figures when one hour
+            day = get_json(f"{base}/tracing/transaction?domain=shop&date={hour[:8]}&type=URL"
+                           "&sort=count")[1]  # fmt: skip
+            assert day["period"] == "day" and day["total"]["count"] == url["count"]
+            assert [(r["name"], r["count"], r["p99_ms"]) for r in day["rows"]] == [
+                (r["name"], r["count"], r["p99_ms"]) for r in names["rows"]
+            ]
 
         problems = eventually(
             lambda: get_json(f"{base}/tracing/problem?domain=stock&date={hour}&type=error")[1],
@@ -190,7 +199,7 @@ def test_cross_service_trees_become_reports_logview_chains_and_dead_letters(
         status, openapi = get_json(f"{base}/openapi.json")
         assert "/tracing/transaction" in openapi["paths"] and "/tracing/logview" in openapi["paths"]
 
-    minute_rows = _cassandra_rows(settings, "trace_report_minute")
+    minute_rows = _cassandra_rows(settings, "trace_minute_reports")
     assert any(r["domain"] == "stock" and r["report"] == "problem" for r in minute_rows)
     assert all(r["last_offset"] >= 0 for r in minute_rows)
 
@@ -209,18 +218,18 @@ def test_replay_into_a_fresh_app_gives_identical_reports(
             90, "the live run's closed minutes", tmp_path / "live.log",
         )  # fmt: skip
         time.sleep(2)
-        live_rows = _cassandra_rows(live, "trace_report_minute")
+        live_rows = _cassandra_rows(live, "trace_minute_reports")
 
     replay = live.model_copy(
         update={"app_id": f"{live.app_id}_replay", "cassandra_keyspace": f"{live.app_id}_r"}
     )
     with running_worker(replay, tmp_path / "replay.log"):
         eventually(
-            lambda: len(_cassandra_rows(replay, "trace_report_minute")) == len(live_rows),
+            lambda: len(_cassandra_rows(replay, "trace_minute_reports")) == len(live_rows),
             90, "the replay's rows", tmp_path / "replay.log",
         )  # fmt: skip
         time.sleep(2)
-        replay_rows = _cassandra_rows(replay, "trace_report_minute")
+        replay_rows = _cassandra_rows(replay, "trace_minute_reports")
 
     def key(row: dict[str, Any]) -> tuple:
         return (row["domain"], row["report"], row["period_start_ms"], row["host"], row["type"],
@@ -287,6 +296,6 @@ def test_a_quiet_domain_closes_its_minute_and_a_late_tree_amends_the_answer(
         assert hour[0] == 200 and hour[1]["total"]["count"] == 6
     producer.close()
 
-    rows = [r for r in _cassandra_rows(settings, "trace_report_minute")
+    rows = [r for r in _cassandra_rows(settings, "trace_minute_reports")
             if r["report"] == "transaction"]  # fmt: skip
     assert rows and all(r["p50_us"] is not None and r["p999_us"] is not None for r in rows)

@@ -17,7 +17,13 @@ from streams.tracing import agents
 from streams.tracing.agents import ReportBuilder
 from streams.tracing.api import ReportReader
 from streams.tracing.model import HOUR_MS, MINUTE_MS, merge_rows
-from streams.tracing.tables import report_row
+from streams.tracing.tables import (
+    REPORT_TABLE_NAMES,
+    REPORT_TABLES,
+    pack_rows,
+    report_row,
+    unpack_parts,
+)
 from tests.unit.test_tracing_model import T0_US, transaction, tree
 
 MINUTE0_MS = T0_US // 1000 - (T0_US // 1000) % MINUTE_MS
@@ -37,7 +43,8 @@ class Position:
 
 
 class MemoryStore:
-    """ReportStore's interface over dicts (and its sink's `upsert`), recording each write."""
+    """ReportStore's interface over dicts, recording each write. Report rows go through
+    `pack_rows` and `unpack_parts` as they do to and from Cassandra."""
 
     def __init__(self) -> None:
         self.sink = self
@@ -51,13 +58,18 @@ class MemoryStore:
         await asyncio.sleep(0)
         self.writes.append(table)
         for row in rows:
-            if table == "trace_minutes":
-                key: tuple[Any, ...] = (row["domain"], row["period_start_ms"])
-            else:
-                key = (row["domain"], row["report"], row["period_start_ms"], row["host"],
-                       row["type"], row["name"])  # fmt: skip
+            key = tuple(row[c] for c in PART_KEY) if table in REPORT_TABLE_NAMES else (
+                row["domain"], row["period_start_ms"]
+            )  # fmt: skip
             self.tables[table][key] = dict(row)
         return len(rows)
+
+    async def write_rows(self, period: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await self.upsert(REPORT_TABLES[period].name, pack_rows(rows))
+
+    def stored(self, period: str) -> list[dict[str, Any]]:
+        return unpack_parts(self.tables[REPORT_TABLES[period].name].values())
 
     async def minute_entry(self, domain: str, minute_ms: int) -> dict[str, Any] | None:
         return self.tables["trace_minutes"].get((domain, minute_ms))
@@ -68,14 +80,16 @@ class MemoryStore:
 
     async def rows(self, period: str, domain: str, report: str, start_ms: int | None = None,
                    **_: Any) -> list[dict[str, Any]]:  # fmt: skip
-        table = "trace_report_minute" if period == "minute" else "trace_report_hour"
-        return [report_row(row, period) for key, row in self.tables[table].items()
-                if key[:2] == (domain, report)]  # fmt: skip
+        return [report_row(row, period) for row in self.stored(period)
+                if (row["domain"], row["report"]) == (domain, report)]  # fmt: skip
 
     async def minute_rows(self, domain: str, minute_ms: int) -> list[dict[str, Any]]:
         return [row for report in ("transaction", "event", "problem")
                 for row in await self.rows("minute", domain, report)
                 if row["period_start_ms"] == minute_ms]  # fmt: skip
+
+
+PART_KEY = ("domain", "report", "bucket_ms", "period_start_ms", "host", "type_group", "part")
 
 
 class Reports:
@@ -123,21 +137,21 @@ def test_catching_up_writes_hours_once_and_holds_the_commit_until_they_are_writt
         assert await builder.handle(batch((0, 0), (0, 1), (1, 2))) == {0: 0}
         assert await builder.handle(batch((1, 3), (2, 4), (2, 5))) == {0: 0}
         await builder.drain()
-        assert store.writes == ["trace_report_minute", "trace_report_minute"]
+        assert store.writes == ["trace_minute_reports", "trace_minute_reports"]
         assert builder.safe_offset(0) == 0 and builder.unwritten_minutes() == 2
         assert await builder.handle(batch((3, 6))) == {0: 0}  # short: caught up, all written
         await builder.drain()
         assert builder.safe_offset(0) == 6 and builder.unwritten_minutes() == 0
 
     asyncio.run(run())
-    assert store.writes[-2:] == ["trace_report_hour", "trace_minutes"]
-    assert store.writes.count("trace_report_hour") == 1
+    assert store.writes[-2:] == ["trace_hour_reports", "trace_minutes"]
+    assert store.writes.count("trace_hour_reports") == 1
     assert set(store.tables["trace_minutes"]) == {
         ("orders", MINUTE0_MS + m * MINUTE_MS) for m in range(3)
     }
-    minute_rows = [report_row(r, "minute") for r in store.tables["trace_report_minute"].values()]
+    minute_rows = [report_row(r, "minute") for r in store.stored("minute")]
     hour_rows = {(r["report"], r["host"], r["type"], r["name"]): report_row(r, "hour")
-                 for r in store.tables["trace_report_hour"].values()}  # fmt: skip
+                 for r in store.stored("hour")}  # fmt: skip
     expected = merge_rows(minute_rows, "hour")
     assert {(r["report"], r["host"], r["type"], r["name"]): r for r in expected} == hour_rows
     assert len(reports.rows) == len(minute_rows) + len(hour_rows)
@@ -152,8 +166,14 @@ def test_a_due_flush_writes_hours_with_every_close() -> None:
         await builder.drain()
 
     asyncio.run(run())
-    assert store.writes.count("trace_report_hour") == 3
+    assert store.writes.count("trace_hour_reports") == 3
     assert store.writes.count("trace_minutes") == 3
+    # each flush changed one name's rows, and rewrote its whole group: no name is lost
+    minute_rows = [report_row(r, "minute") for r in store.stored("minute")]
+    hour_rows = sorted(store.stored("hour"), key=lambda r: (r["report"], r["host"], r["type"],
+                                                            r["name"]))  # fmt: skip
+    assert {r["name"] for r in hour_rows} == {"", "/0", "/1"}
+    assert [report_row(r, "hour") for r in hour_rows] == merge_rows(minute_rows, "hour")
 
 
 def test_an_idle_partition_closes_its_minutes_on_the_timer() -> None:
@@ -185,21 +205,24 @@ class ReaderStore:
         self.version: tuple[Any, ...] | None = ((MINUTE0_MS, 0, 5),)
         self.count = 3
         self.reads = 0
+        self.index_reads = 0
+        self.revisions = [0, 0, 0]
 
     async def open(self) -> None:
         return None
 
     async def minutes_version(self, domain: str, period: str, start_ms: int) -> Any:
+        self.index_reads += 1
         return self.version
 
-    async def view_rows(self, *args: Any) -> list[dict[str, Any]]:
+    async def view_columns(self, *args: Any) -> dict[str, list[Any]]:
         self.reads += 1
-        return [
-            {"report": "event", "period": "minute", "period_start_ms": MINUTE0_MS,
-             "domain": "orders", "host": "All", "type": "Call", "name": name,
-             "count": self.count, "fail_count": 0}
-            for name in ("", "a", "b")
-        ]  # fmt: skip
+        ((_, revision, last_offset),) = self.version or ((0, 0, 0),)
+        return {"period_start_ms": [MINUTE0_MS] * 3, "domain": ["orders"] * 3,
+                "host": ["All"] * 3, "type": ["Call"] * 3, "name": ["", "a", "b"],
+                "count": [self.count] * 3, "fail_count": [0] * 3,
+                "revision": [revision + r for r in self.revisions],
+                "last_offset": [last_offset] * 3}  # fmt: skip
 
 
 def test_report_answers_are_cached_until_the_minute_index_changes() -> None:
@@ -217,6 +240,29 @@ def test_report_answers_are_cached_until_the_minute_index_changes() -> None:
     store.version, store.count = ((MINUTE0_MS, 1, 9),), 4  # a late tree amended the minute
     assert ask()["total"]["count"] == 4 and store.reads == 2
     store.version = None  # nothing in the index: never cached
+    ask()
+    ask()
+    assert store.reads == 4
+
+
+def test_a_minutes_first_answer_takes_its_version_from_its_rows() -> None:
+    store = ReaderStore()
+    reader = ReportReader(store, 5, recheck_s=0)  # type: ignore[arg-type]
+    query = {"domain": "orders", "date": "202401301000", "type": "Call"}
+
+    def ask() -> None:
+        asyncio.run(reader.answer("event", query, "json"))
+
+    ask()
+    assert (store.reads, store.index_reads) == (1, 0)  # one read: the rows carry their version
+    ask()
+    assert (store.reads, store.index_reads) == (1, 1)  # the index agrees: cached
+    store.revisions = [1, 0, 0]  # read while revision 1 was half written
+    store.version = ((MINUTE0_MS, 1, 9),)
+    ask()
+    ask()
+    assert store.reads == 3  # rows of two revisions are never cached
+    store.revisions = [0, 0, 0]
     ask()
     ask()
     assert store.reads == 4

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from streams.tracing import tables
 from streams.tracing.model import (
     MINUTE_MS,
     PartitionReports,
@@ -12,6 +15,7 @@ from streams.tracing.model import (
     ThresholdsError,
     assemble_chain,
     chain_sampled,
+    describe_columns,
     describe_row,
     logview_keeps,
     minute_from_rows,
@@ -21,7 +25,16 @@ from streams.tracing.model import (
     transaction_report_xml,
 )
 from streams.tracing.sketch import LatencySketch
-from streams.tracing.tables import bucket_of, report_row, stored_row
+from streams.tracing.tables import (
+    PackedReportError,
+    bucket_of,
+    pack_rows,
+    packed_columns,
+    report_row,
+    stored_row,
+    unpack_parts,
+    unpack_rows,
+)
 from tests.unit.test_tracing_model import T0_US, event, transaction, tree
 
 
@@ -80,6 +93,85 @@ def test_stored_rows_round_trip_with_the_offset_and_bucket() -> None:
     assert stored["bucket_ms"] == bucket_of("minute", row["period_start_ms"])
     assert stored["bucket_ms"] % 3_600_000 == 0
     assert report_row(stored, "minute") == row
+
+
+def _closed_rows(names: list[tuple[str, str, int, bool]]) -> list[dict]:
+    """The stored rows of one closed minute of (type, name, duration, failed) transactions."""
+    state = PartitionReports(grace_ms=0)
+    for offset, (type_, name, duration, failed) in enumerate(names):
+        status = "Timeout" if failed else "0"
+        item = tree(transaction(type_, name, duration, status=status), message_id=f"m-{offset}",
+                    ip=f"10.0.0.{offset % 3}")  # fmt: skip
+        state.apply(item, offset)
+    state.max_event_ms = T0_US // 1000 + 2 * MINUTE_MS
+    return [stored_row(row, len(names) - 1) for row in state.close_due()]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["URL", "SQL", "Cache.redis"]), st.text(min_size=1, max_size=30),
+                  st.integers(0, 10**9), st.booleans()),
+        min_size=1, max_size=40,
+    ),
+    st.sampled_from([1 << 20, 300]),
+)  # fmt: skip
+def test_packed_groups_give_back_every_stored_row(
+    names: list[tuple[str, str, int, bool]], part_bytes: int
+) -> None:
+    rows = _closed_rows(names)
+    original = tables.PART_BYTES
+    tables.PART_BYTES = part_bytes  # small parts: large groups split, and still come back whole
+    try:
+        packed = pack_rows(rows)
+    finally:
+        tables.PART_BYTES = original
+    key = lambda r: (r["report"], r["host"], r["type"], r["name"])  # noqa: E731
+    assert sorted(unpack_parts(packed), key=key) == sorted(rows, key=key)
+    groups = {(p["report"], p["host"], p["type_group"]) for p in packed}
+    assert len(packed) >= len(groups)
+    for part in packed:
+        inside = unpack_rows(part)
+        assert part["row_count"] == len(inside)
+        # per-type totals are their own group, name rows are grouped by type
+        expected = {"" if r["name"] == "" else r["type"] for r in inside}
+        assert expected == {part["type_group"]}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["URL", "SQL", "Cache.redis"]), st.text(min_size=1, max_size=8),
+                  st.integers(0, 10**9), st.booleans()),
+        min_size=1, max_size=30,
+    ),
+    st.sampled_from([None, "URL", "SQL"]),
+)  # fmt: skip
+def test_a_page_described_from_packed_columns_equals_its_rows_described_one_by_one(
+    names: list[tuple[str, str, int, bool]], type_: str | None
+) -> None:
+    rows = _closed_rows(names)
+    for report in ("transaction", "event", "problem"):
+        shown = [r for r in rows if r["report"] == report and r["host"] == "All"
+                 and (type_ is None or r["type"] == type_)]  # fmt: skip
+        packed = pack_rows(shown)
+        cells = [(p["rows"], p["last_offset"]) for p in packed if p["type_group"] in ("", type_)]
+        columns = packed_columns(cells, type_)
+        size = len(columns["count"])
+        start_ms = shown[0]["period_start_ms"] if shown else 0
+        fixed = {"domain": ["orders"] * size, "host": ["All"] * size,
+                 "period_start_ms": [start_ms] * size}  # fmt: skip
+        described = describe_columns(report, "minute", {**columns, **fixed})
+        expected = [describe_row(report_row(r, "minute")) for r in shown
+                    if type_ is not None or r["name"] == ""]  # fmt: skip
+        key = lambda r: (r["type"], r["name"])  # noqa: E731
+        assert sorted(described, key=key) == sorted(expected, key=key)
+
+
+def test_a_packed_group_of_an_unknown_format_is_refused_with_what_to_do() -> None:
+    packed = pack_rows(_closed_rows([("URL", "/", 1000, False)]))[0]
+    with pytest.raises(PackedReportError, match="upgrade"):
+        unpack_rows({**packed, "format": 99})
 
 
 def test_logview_keeps_problems_and_whole_sampled_chains() -> None:
