@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
@@ -137,6 +138,13 @@ class ReportStore:
             self._tuples = self.sink.session.execution_profile_clone_update(
                 EXEC_PROFILE_DEFAULT, row_factory=tuple_factory
             )
+            # Prepared now, not by the first page asked for (a prepare is a round trip that
+            # made each worker's first cold page several times slower).
+            page_queries = [self._view_cql(p, n) for p in REPORT_TABLES for n in (1, 2)]
+            for cql in [*page_queries, self._version_cql()]:
+                self._statements[cql] = await self.sink.retrying(
+                    partial(self.sink.session.prepare, cql), "prepare a report query"
+                )
             self._ready = True
 
     async def write_rows(self, period: str, rows: list[dict[str, Any]]) -> None:
@@ -205,13 +213,8 @@ class ReportStore:
         """The rows a report page shows (one minute or hour, one host) as columns: the per-type
         totals, or with `type_` that type's total and name rows. One or two packed groups read
         without their sketches."""
-        table = REPORT_TABLES[period]
         groups = (TOTALS_GROUP,) if type_ is None else (TOTALS_GROUP, type_)
-        cql = (
-            f"SELECT format, rows, last_offset FROM {self.sink.keyspace}.{table.name} "
-            "WHERE domain = ? AND report = ? AND bucket_ms = ? AND period_start_ms = ? "
-            f"AND host = ? AND type_group IN ({', '.join('?' for _ in groups)})"
-        )
+        cql = self._view_cql(period, len(groups))
         values: list[Any] = [domain, report, bucket_of(period, start_ms), start_ms, host, *groups]
         found = await self.sink.retrying(lambda: self._select_tuples(cql, values), "report read")
         where = {"domain": domain, "report": report, "period_start_ms": start_ms}
@@ -222,16 +225,27 @@ class ReportStore:
         return {**columns, "domain": [domain] * size, "host": [host] * size,
                 "period_start_ms": [start_ms] * size}  # fmt: skip
 
+    def _view_cql(self, period: str, groups: int) -> str:
+        return (
+            f"SELECT format, rows, last_offset FROM {self.sink.keyspace}."
+            f"{REPORT_TABLES[period].name} WHERE domain = ? AND report = ? AND bucket_ms = ? "
+            "AND period_start_ms = ? AND host = ? "
+            f"AND type_group IN ({', '.join('?' for _ in range(groups))})"
+        )
+
+    def _version_cql(self) -> str:
+        return (
+            f"SELECT period_start_ms, revision, last_offset FROM {self.sink.keyspace}."
+            f"{MINUTES.name} WHERE domain = ? AND period_start_ms >= ? AND period_start_ms < ?"
+        )
+
     async def minutes_version(
         self, domain: str, period: str, start_ms: int
     ) -> tuple[tuple[int, int, int], ...] | None:
         """The minute index entries of a minute or hour ((minute, revision, last offset) each),
         written after the rows: equal entries mean equal stored rows. None: nothing closed."""
         end_ms = start_ms + (HOUR_MS if period == "hour" else MINUTE_MS)
-        cql = (
-            f"SELECT period_start_ms, revision, last_offset FROM {self.sink.keyspace}."
-            f"{MINUTES.name} WHERE domain = ? AND period_start_ms >= ? AND period_start_ms < ?"
-        )
+        cql = self._version_cql()
         found = await self.sink.retrying(
             lambda: self._select_tuples(cql, [domain, start_ms, end_ms]), "minute index read"
         )
@@ -790,6 +804,14 @@ def register(runtime: Runtime) -> None:
     )
     async def build_reports(batch: list[BatchItem]) -> dict[int, int]:
         return await builder.handle(batch)
+
+    @runtime.app.task
+    async def open_report_store() -> None:
+        """Tables and page queries ready at start, not during the first tree or page."""
+        try:
+            await store.open()
+        except Exception:  # the agent and the views open it again when they need it
+            log.exception("could not open the tracing report tables at start")
 
     @runtime.app.timer(1.0)
     async def close_idle_minutes() -> None:
