@@ -396,7 +396,10 @@ def run_benchmark(settings: Any, arguments: argparse.Namespace, folder: Path) ->
     print(f"query, {rows} name rows (target p99 <= 20 ms):")
     for label, timings in (("cold, each minute once", cold), ("warm, one minute 200x", warm)):
         p50, p99 = percentiles(timings)
-        print(f"  {label}: {len(timings)} queries, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        slowest = sorted(enumerate(timings, 1), key=lambda item: item[1])[-3:][::-1]
+        listed = ", ".join(f"#{number} {ms:.1f} ms" for number, ms in slowest)
+        print(f"  {label}: {len(timings)} queries, p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+              f"(slowest: {listed})")  # fmt: skip
 
 
 if __name__ == "__main__":
