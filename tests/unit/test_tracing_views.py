@@ -107,15 +107,18 @@ def _closed_rows(names: list[tuple[str, str, int, bool]]) -> list[dict]:
     return [stored_row(row, len(names) - 1) for row in state.close_due()]
 
 
+def minute_transactions(
+    name_size: int, count: int
+) -> st.SearchStrategy[list[tuple[str, str, int, bool]]]:
+    """(type, name, duration, failed) transactions of one minute, as `_closed_rows` takes them."""
+    transaction = st.tuples(st.sampled_from(["URL", "SQL", "Cache.redis"]),
+                            st.text(min_size=1, max_size=name_size), st.integers(0, 10**9),
+                            st.booleans())  # fmt: skip
+    return st.lists(transaction, min_size=1, max_size=count)
+
+
 @settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["URL", "SQL", "Cache.redis"]), st.text(min_size=1, max_size=30),
-                  st.integers(0, 10**9), st.booleans()),
-        min_size=1, max_size=40,
-    ),
-    st.sampled_from([1 << 20, 300]),
-)  # fmt: skip
+@given(minute_transactions(30, 40), st.sampled_from([1 << 20, 300]))
 def test_packed_groups_give_back_every_stored_row(
     names: list[tuple[str, str, int, bool]], part_bytes: int
 ) -> None:
@@ -139,14 +142,7 @@ def test_packed_groups_give_back_every_stored_row(
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["URL", "SQL", "Cache.redis"]), st.text(min_size=1, max_size=8),
-                  st.integers(0, 10**9), st.booleans()),
-        min_size=1, max_size=30,
-    ),
-    st.sampled_from([None, "URL", "SQL"]),
-)  # fmt: skip
+@given(minute_transactions(8, 30), st.sampled_from([None, "URL", "SQL"]))
 def test_a_page_described_from_packed_columns_equals_its_rows_described_one_by_one(
     names: list[tuple[str, str, int, bool]], type_: str | None
 ) -> None:
