@@ -46,6 +46,15 @@ from streams.metrics.tables import (
 )
 
 SCALAR_COLUMNS = [c for c in AGGREGATE_COLUMNS if c != "sketch"]
+# The rollup reads of a query, per series and hour range; `{columns}` is the fields it needs.
+PACKED_MINUTES_CQL = (
+    "SELECT tags, ts, {columns} FROM {{ks}}.rollups_1m_packed WHERE metric=? "
+    "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?"
+)
+HOUR_ROWS_CQL = (
+    "SELECT tags, ts, {columns} FROM {{ks}}.rollups_1h WHERE metric=? "
+    "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?"
+)
 # Series partitions per read request (`tags IN ?`); see MetricStore.series_data.
 IN_CHUNK = 10
 ROW_TIME_CHUNK = 100
@@ -339,8 +348,7 @@ class MetricStore:
         packed = ", ".join(packed_columns_for(plan.fields))
         minute_reads = [
             self._by_series(
-                f"SELECT tags, ts, {packed} FROM {{ks}}.rollups_1m_packed WHERE metric=? "
-                "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
+                PACKED_MINUTES_CQL.format(columns=packed),
                 metric,
                 texts,
                 hour_of(low),
@@ -350,8 +358,7 @@ class MetricStore:
         ]
         hour_reads = [
             self._by_series(
-                f"SELECT tags, ts, {', '.join(SCALAR_COLUMNS)} FROM {{ks}}.rollups_1h "
-                "WHERE metric=? AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
+                HOUR_ROWS_CQL.format(columns=", ".join(SCALAR_COLUMNS)),
                 metric,
                 texts,
                 low,
@@ -394,8 +401,7 @@ class MetricStore:
                 minute_ranges,
                 plan.fields,
                 packed_columns_for,
-                "SELECT tags, ts, {columns} FROM {{ks}}.rollups_1m_packed WHERE metric=? "
-                "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
+                PACKED_MINUTES_CQL,
             ),
             self._cached_hours(
                 ROLLUPS_HOUR.name,
@@ -404,8 +410,7 @@ class MetricStore:
                 hour_ranges,
                 frozenset(FIELDS),
                 lambda fields: SCALAR_COLUMNS,
-                "SELECT tags, ts, {columns} FROM {{ks}}.rollups_1h WHERE metric=? "
-                "AND row_time=? AND tags IN ? AND ts>=? AND ts<=?",
+                HOUR_ROWS_CQL,
             ),
         )
         await self._fill_columns(
