@@ -50,6 +50,7 @@ from streams.tracing.model import (
     logview_keeps,
     minute_from_rows,
     parse_domain_thresholds,
+    report_key,
     tree_minute_ms,
     validate_tree,
 )
@@ -64,8 +65,8 @@ from streams.tracing.tables import (
     packed_columns,
     report_row,
     stored_row,
-    type_group,
     unpack_rows,
+    whole_groups,
 )
 
 if TYPE_CHECKING:
@@ -572,7 +573,7 @@ class ReportBuilder:
                 hours = self.hours[partition]
                 for key, keys in sorted(pending.rows.items()):
                     hour = hours[key]
-                    group_rows = hour.rows(whole_groups(hour, keys))
+                    group_rows = hour.rows(whole_groups(hour.stats, keys))
                     hour_rows.extend(group_rows)
                     changed_hour_rows.extend(
                         r for r in group_rows if keys is None or report_key(r) in keys
@@ -708,18 +709,6 @@ class ReportBuilder:
         hours = self.hours[partition]
         for key in [key for key in hours if key[1] + HOUR_MS < horizon]:
             del hours[key]
-
-
-def report_key(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    return (row["report"], row["host"], row["type"], row["name"])
-
-
-def whole_groups(hour: HourReport, keys: set[Any] | None) -> set[Any] | None:
-    """The hour's row keys of every stored group that `keys` touch: a group is written whole."""
-    if keys is None:
-        return None
-    groups = {(report, host, type_group(type_, name)) for report, host, type_, name in keys}
-    return {key for key in hour.stats if (key[0], key[1], type_group(key[2], key[3])) in groups}
 
 
 class LogviewWriter:

@@ -723,7 +723,7 @@ class HourReport:
         """The hour rebuilt from its stored minute rows (after a restart)."""
         hour = cls(domain, hour_ms, max_samples)
         for row in merge_rows(minute_rows, "hour", max_samples):
-            key = (row["report"], row["host"], row["type"], row["name"])
+            key = report_key(row)
             hour.stats[key] = _stats_from_row(row)
             hour.meta[key] = (row["late_count"], row["revision"], row["closed_at_ms"])
         hour.minutes = {row["period_start_ms"] for row in minute_rows}
@@ -743,6 +743,11 @@ class HourReport:
                  "closed_at_ms": closed, **self.stats[key].row_fields()}
             )  # fmt: skip
         return rows
+
+
+def report_key(row: Mapping[str, Any]) -> ReportKey:
+    """A report row's identity within its domain and period."""
+    return (row["report"], row["host"], row["type"], row["name"])
 
 
 def _stats_from_row(row: Mapping[str, Any]) -> Any:

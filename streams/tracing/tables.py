@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from connectors.cassandra import TableDefinition
-from streams.tracing.model import DAY_MS, HOUR_MS, PERCENTILE_COLUMNS
+from streams.tracing.model import DAY_MS, HOUR_MS, PERCENTILE_COLUMNS, ReportKey
 
 # The columns of a report row as ReportStore hands them out (a ReportRow plus its bucket and the
 # highest source offset its minute counts).
@@ -107,6 +107,17 @@ def type_group(type_: str, name: str) -> str:
     return TOTALS_GROUP if name == "" else type_
 
 
+def whole_groups(
+    row_keys: Iterable[ReportKey], changed: set[ReportKey] | None
+) -> set[ReportKey] | None:
+    """Of `row_keys`, those in a stored group that a `changed` key belongs to (None: all):
+    a group is written whole."""
+    if changed is None:
+        return None
+    groups = {(report, host, type_group(type_, name)) for report, host, type_, name in changed}
+    return {key for key in row_keys if (key[0], key[1], type_group(key[2], key[3])) in groups}
+
+
 def stored_row(row: Mapping[str, Any], last_offset: int) -> dict[str, Any]:
     """A ReportRow with its bucket and last offset, as `pack_rows` takes it."""
     stored = {column: row.get(column) for column in ROW_COLUMNS}
@@ -169,22 +180,17 @@ def _part(
     }
 
 
-def unpack_rows(
-    packed: Mapping[str, Any], columns: Sequence[str] = ROW_COLUMNS
-) -> list[dict[str, Any]]:
-    """A packed part back as stored rows (`columns` of them; no `sketch` among them: the
-    sketches cell need not have been read)."""
+def unpack_rows(packed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A packed part, every column read, back as stored rows (`ROW_COLUMNS`)."""
     check_format(packed)
-    fixed = {c: packed[c] for c in GROUP_KEY if c in columns}
-    if "last_offset" in columns:
-        fixed["last_offset"] = packed["last_offset"]
-    wanted = [(i, c) for i, c in enumerate(PACKED_COLUMNS) if c in columns]
+    fixed = {c: packed[c] for c in GROUP_KEY}
+    fixed["last_offset"] = packed["last_offset"]
     rows = [
-        {**fixed, **{c: values[i] for i, c in wanted}} for values in orjson.loads(packed["rows"])
+        {**fixed, **dict(zip(PACKED_COLUMNS, values, strict=True))}
+        for values in orjson.loads(packed["rows"])
     ]
-    if "sketch" in columns:
-        for row, sketch in zip(rows, split_sketches(packed["sketches"], len(rows)), strict=True):
-            row["sketch"] = sketch
+    for row, sketch in zip(rows, split_sketches(packed["sketches"], len(rows)), strict=True):
+        row["sketch"] = sketch
     return rows
 
 
