@@ -20,6 +20,12 @@ from fastavro.validation import validate
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
+# fastavro reads nested records recursively in C: about 3,500 levels overflow an 8 MB stack and
+# kill the process. Records of a recursive schema larger than NESTING_CHECK_BYTES (at least 10
+# bytes a level, so below it they cannot be dangerously deep) are measured first, without
+# recursion, and refused past MAX_DECODE_NESTING levels.
+MAX_DECODE_NESTING = 1000
+NESTING_CHECK_BYTES = 8192
 
 
 class CodecError(ValueError):
@@ -46,6 +52,10 @@ class WrongSchema(CodecError):
     """A record of one schema arrived where another was expected."""
 
     error_type = "unknown_schema"
+
+
+class NestedTooDeep(CorruptRecord):
+    """A record of a recursive schema nests deeper than the decoder can safely follow."""
 
 
 class InvalidRecord(CodecError):
@@ -140,6 +150,24 @@ class AvroCodec:
 
     def __init__(self, registry: SchemaRegistry) -> None:
         self.registry = registry
+        self._recursive: dict[bytes, bool] = {}
+
+    def _needs_nesting_check(self, schema: Schema, data: bytes) -> bool:
+        if len(data) <= NESTING_CHECK_BYTES:
+            return False
+        recursive = self._recursive.get(schema.fingerprint)
+        if recursive is None:
+            recursive = self._recursive[schema.fingerprint] = is_recursive(schema.parsed)
+        return recursive
+
+    def _check_nesting(self, schema: Schema, data: bytes) -> None:
+        if self._needs_nesting_check(schema, data):
+            depth = nesting_depth(data, HEADER_SIZE, schema.parsed, MAX_DECODE_NESTING)
+            if depth > MAX_DECODE_NESTING:
+                raise NestedTooDeep(
+                    f"{schema.name}: records nest more than {MAX_DECODE_NESTING} levels deep; "
+                    "refused before decoding (following them would overflow the stack)"
+                )
 
     def encode(self, schema_name: str, record: Mapping[str, Any], *, check: bool = True) -> bytes:
         schema = self.registry.get(schema_name)
@@ -174,7 +202,11 @@ class AvroCodec:
         reader, general = fastavro.schemaless_reader, self.decode
 
         def decode_current(data: bytes) -> dict[str, Any]:
-            if data is not None and data[:size] == header:
+            if (
+                data is not None
+                and data[:size] == header
+                and not self._needs_nesting_check(schema, data)
+            ):
                 body = io.BytesIO(data)
                 body.seek(size)
                 try:
@@ -195,6 +227,7 @@ class AvroCodec:
             reader = self.registry.get(expected)
             if writer.name != expected:
                 raise WrongSchema(f"expected a {expected} record, got a {writer.name} record")
+        self._check_nesting(writer, data)
         try:
             body = io.BytesIO(data)
             body.seek(HEADER_SIZE)
@@ -223,3 +256,116 @@ def _describe_validation(error: fastavro.validation.ValidationError) -> str:
     if isinstance(messages, list):
         return "; ".join(str(message) for message in messages) or "does not match the schema"
     return str(messages)
+
+
+def is_recursive(parsed: Any) -> bool:
+    """Whether a parsed schema has a named type that contains itself (a tree, a linked list)."""
+    named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+
+    def refers(node: Any, name: str, seen: set[str]) -> bool:
+        if isinstance(node, str):
+            if node == name:
+                return True
+            if node in named and node not in seen:
+                seen.add(node)
+                return refers(named[node], name, seen)
+            return False
+        if isinstance(node, list):
+            return any(refers(branch, name, seen) for branch in node)
+        kind = node.get("type")
+        if kind == "record":
+            return any(refers(field["type"], name, seen) for field in node["fields"])
+        if kind == "array":
+            return refers(node["items"], name, seen)
+        if kind == "map":
+            return refers(node["values"], name, seen)
+        return not isinstance(kind, str) and refers(kind, name, seen)
+
+    return any(
+        definition.get("type") == "record"
+        and any(refers(field["type"], name, set()) for field in definition["fields"])
+        for name, definition in named.items()
+    )
+
+
+_FIXED_WIDTH = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+_VARINT = frozenset(("int", "long", "enum"))
+_LENGTH_PREFIXED = frozenset(("string", "bytes"))
+
+
+def nesting_depth(data: bytes, start: int, parsed: Any, limit: int) -> int:
+    """How deep records nest in the Avro body at data[start:], read with an explicit stack
+    instead of recursion; stops as soon as the depth passes `limit`. Raises CorruptRecord
+    when the body ends early or holds an impossible length."""
+    named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    end = len(data)
+    position = start
+
+    def read_long() -> int:
+        nonlocal position
+        shift = result = 0
+        while True:
+            if position >= end or shift > 63:
+                raise CorruptRecord("the body ends inside a number")
+            byte = data[position]
+            position += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return (result >> 1) ^ -(result & 1)
+            shift += 7
+
+    deepest = 0
+    pending: list[tuple[Any, int, bool]] = [(parsed, 0, False)]
+    while pending:
+        node, depth, block = pending.pop()
+        if block:  # the next block of an array or map whose earlier blocks were queued
+            count = read_long()
+            if count < 0:
+                count = -count
+                read_long()
+            if count:
+                pending.append((node, depth, True))
+                element = node["items"] if node["type"] == "array" else node["values"]
+                for _ in range(count):
+                    pending.append((element, depth, False))
+                    if node["type"] == "map":
+                        pending.append(("string", depth, False))
+            continue
+        if isinstance(node, str):
+            node = named.get(node, node)
+        if isinstance(node, list):
+            branch = read_long()
+            if not 0 <= branch < len(node):
+                raise CorruptRecord(f"union branch {branch} does not exist")
+            pending.append((node[branch], depth, False))
+            continue
+        kind = node if isinstance(node, str) else node["type"]
+        if not isinstance(kind, str):
+            pending.append((kind, depth, False))
+        elif kind == "record":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+            pending.extend((field["type"], depth, False) for field in reversed(node["fields"]))
+        elif kind in _VARINT:
+            read_long()
+        elif kind in _LENGTH_PREFIXED:
+            length = read_long()
+            if length < 0:
+                raise CorruptRecord(f"negative length {length}")
+            position += length
+        elif kind in _FIXED_WIDTH:
+            position += _FIXED_WIDTH[kind]
+        elif kind == "fixed":
+            position += node["size"]
+        elif kind in ("array", "map"):
+            pending.append((node, depth, True))
+        else:
+            raise CorruptRecord(f"unknown Avro type {kind!r}")
+        if position > end:
+            raise CorruptRecord("the body ends inside a value")
+    if position != end:
+        raise CorruptRecord(f"{end - position} bytes left over after the record")
+    return deepest

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
+import fastavro
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,10 +19,13 @@ from streams.bus.codec import (
     CodecError,
     CorruptRecord,
     InvalidRecord,
+    NestedTooDeep,
     NotSingleObjectEncoded,
     SchemaRegistry,
     UnknownSchema,
     WrongSchema,
+    is_recursive,
+    nesting_depth,
     parse_schema,
     schema_fingerprint,
 )
@@ -184,3 +190,113 @@ def test_every_schema_is_a_faust_codec(codec: AvroCodec) -> None:
     assert codecs.loads(f"avro:{POINT}", data) == point()
     with pytest.raises(NotSingleObjectEncoded):
         codecs.loads(f"avro:{POINT}", b"junk")
+
+
+TREE = "stackstream.tracing.MessageTree"
+TREE_HEADER = {"domain": "d", "hostname": "h", "ip": "10.0.0.1", "message_id": "d-0a000001-1-1"}
+
+
+def chain_bytes(codec: AvroCodec, depth: int) -> bytes:
+    """A MessageTree whose root transaction nests `depth` levels, assembled byte by byte so no
+    recursive encoder is needed (fastavro's own would overflow the stack at this depth)."""
+    header = codec.encode(TREE, {**TREE_HEADER, "root": _transaction([])}, check=False)
+    prefix = header[: -len(_LEAF)]
+    level = b"\x00\x00\x00\x020\x00\x00\x00"  # kind, type, name, status "0", times, data
+    return prefix + (level + b"\x02\x00") * (depth - 1) + level + b"\x00" * depth
+
+
+def _transaction(children: list[Any]) -> dict[str, Any]:
+    return {"kind": "TRANSACTION", "type": "", "name": "", "status": "0", "timestamp_us": 0,
+            "duration_us": 0, "data": "", "children": children}  # fmt: skip
+
+
+_LEAF = b"\x00\x00\x00\x020\x00\x00\x00\x00"
+
+
+def test_hand_assembled_chains_are_what_the_encoder_writes(codec: AvroCodec) -> None:
+    nested = _transaction([])
+    for _ in range(4):
+        nested = _transaction([nested])
+    assert chain_bytes(codec, 5) == codec.encode(TREE, {**TREE_HEADER, "root": nested})
+
+
+def test_records_nested_too_deep_are_refused_not_followed(codec: AvroCodec) -> None:
+    """50,000 levels would overflow the C stack inside fastavro and kill the process; the codec
+    measures the nesting first and refuses the record as corrupt, on both decode paths."""
+    data = chain_bytes(codec, 50_000)
+    with pytest.raises(NestedTooDeep, match="more than 1000 levels"):
+        codec.decode(data, TREE)
+    with pytest.raises(NestedTooDeep):
+        codec.decoder(TREE)(data)
+    allowed = chain_bytes(codec, 900)
+    for decoded in (codec.decoder(TREE)(allowed), codec.decode(allowed, TREE)):
+        levels, node = 1, decoded["root"]
+        while node["children"]:
+            levels, node = levels + 1, node["children"][0]
+        assert levels == 900
+
+
+def test_large_flat_trees_decode_on_both_paths(codec: AvroCodec) -> None:
+    wide = {**TREE_HEADER, "root": _transaction([_transaction([]) for _ in range(2000)])}
+    data = codec.encode(TREE, wide)
+    assert len(data) > 8192
+    assert codec.decoder(TREE)(data) == codec.decode(data, TREE) == codec.decode(data)
+
+
+def test_only_self_containing_schemas_count_as_recursive(codec: AvroCodec) -> None:
+    assert is_recursive(codec.registry.get(TREE).parsed)
+    assert not is_recursive(codec.registry.get(POINT).parsed)
+    reused = parse_schema({"type": "record", "name": "Pair", "fields": [
+        {"name": "a", "type": {"type": "fixed", "name": "Id", "size": 2}},
+        {"name": "b", "type": "Id"},
+    ]})  # fmt: skip
+    assert not is_recursive(reused.parsed)
+
+
+NODE = parse_schema({"type": "record", "name": "Node", "fields": [
+    {"name": "flag", "type": "boolean"},
+    {"name": "weight", "type": "double"},
+    {"name": "ratio", "type": "float"},
+    {"name": "blob", "type": "bytes"},
+    {"name": "tag", "type": {"type": "fixed", "name": "Tag", "size": 3}},
+    {"name": "color", "type": {"type": "enum", "name": "Color", "symbols": ["RED", "BLUE"]}},
+    {"name": "attrs", "type": {"type": "map", "values": "long"}},
+    {"name": "note", "type": ["null", "string"]},
+    {"name": "kids", "type": {"type": "array", "items": "Node"}},
+    {"name": "next", "type": ["null", "Node"]},
+]})  # fmt: skip
+
+
+LEAF: st.SearchStrategy[Any] = st.nothing()
+
+
+def _nodes(kids: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({
+        "flag": st.booleans(), "weight": st.floats(allow_nan=False), "ratio": st.just(0.5),
+        "blob": st.binary(max_size=20), "tag": st.binary(min_size=3, max_size=3),
+        "color": st.sampled_from(["RED", "BLUE"]),
+        "attrs": st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1),
+                                 max_size=3),
+        "note": st.none() | st.text(max_size=10),
+        "kids": st.lists(kids, max_size=3) if kids is not LEAF else st.just([]),
+        "next": st.none() | kids if kids is not LEAF else st.none(),
+    })  # fmt: skip
+
+
+def _depth(node: dict[str, Any]) -> int:
+    below = [_depth(kid) for kid in node["kids"]] + ([_depth(node["next"])] if node["next"] else [])
+    return 1 + max(below, default=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(_nodes(LEAF), _nodes, max_leaves=30))
+def test_nesting_depth_reads_every_avro_type_like_the_decoder(node: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, NODE.parsed, node)
+    body = b"xx" + buffer.getvalue()
+    assert nesting_depth(body, 2, NODE.parsed, 10_000) == _depth(node)
+    assert nesting_depth(body, 2, NODE.parsed, 0) == 1
+    for broken in (body[:-1], body + b"\x00"):
+        if _depth(node) > 0:
+            with pytest.raises(CorruptRecord):
+                nesting_depth(broken, 2, NODE.parsed, 10_000)
