@@ -650,7 +650,8 @@ class ReportBuilder:
             by_hour[(domain, minute_ms - minute_ms % HOUR_MS)].append(minute_ms)
         hours = self.hours[partition]
         for (domain, hour_ms), closing in sorted(by_hour.items()):
-            force |= state.watermark_ms is not None and hour_ms + HOUR_MS <= state.watermark_ms
+            watermark = state.domain_watermark_ms(domain)
+            force |= watermark is not None and hour_ms + HOUR_MS <= watermark
             hour = hours.get((domain, hour_ms))
             closing.sort()
             if hour is not None and hour.takes_next(closing[0]):
@@ -702,12 +703,8 @@ class ReportBuilder:
 
     def _forget_old_hours(self, partition: int, state: PartitionReports) -> None:
         """Hours whose minutes are all forgotten: a tree for them is restored from Cassandra."""
-        watermark = state.watermark_ms
-        if watermark is None:
-            return
-        horizon = watermark - self.keep_closed_ms
         hours = self.hours[partition]
-        for key in [key for key in hours if key[1] + HOUR_MS < horizon]:
+        for key in [key for key in hours if state.hour_forgettable(*key)]:
             del hours[key]
 
 

@@ -48,7 +48,9 @@ class TreeLimits:
 
     max_messages: int = 5_000
     max_depth: int = 64
-    max_future_us: int = 86_400_000_000
+    # A tree from further ahead would move its domain's event time past the minutes the other
+    # hosts are still filling, and their trees would all arrive late.
+    max_future_us: int = 300_000_000
     max_string: int = 4_096
     max_data: int = 65_536
 
@@ -538,12 +540,14 @@ class Outcome(Enum):
 
 @dataclass
 class PartitionReports:
-    """The report state of one source partition (all trees of a domain share a partition)."""
+    """The report state of one source partition (all trees of a domain share a partition).
+    Event time is kept per domain: a domain whose clocks run ahead closes only its own
+    minutes, never another domain's sharing the partition."""
 
     grace_ms: int = 10_000
     keep_closed_ms: int = HOUR_MS
     options: ReportOptions = field(default_factory=ReportOptions)
-    max_event_ms: int | None = None
+    event_ms: dict[str, int] = field(default_factory=dict)
     open: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
     closed: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
     amended: set[tuple[str, int]] = field(default_factory=set)
@@ -552,10 +556,15 @@ class PartitionReports:
 
     @property
     def watermark_ms(self) -> int | None:
-        return None if self.max_event_ms is None else self.max_event_ms - self.grace_ms
+        """The furthest domain's watermark (for status pages; closing is per domain)."""
+        return max(self.event_ms.values()) - self.grace_ms if self.event_ms else None
 
-    def is_closed(self, minute_ms: int) -> bool:
-        watermark = self.watermark_ms
+    def domain_watermark_ms(self, domain: str) -> int | None:
+        event_ms = self.event_ms.get(domain)
+        return None if event_ms is None else event_ms - self.grace_ms
+
+    def is_closed(self, domain: str, minute_ms: int) -> bool:
+        watermark = self.domain_watermark_ms(domain)
         return watermark is not None and minute_ms + MINUTE_MS <= watermark
 
     def apply(self, tree: Mapping[str, Any], offset: int) -> Outcome:
@@ -572,7 +581,7 @@ class PartitionReports:
             self.late_count += 1
             self.amended.add(key)
             return Outcome.LATE
-        if key not in self.open and self.is_closed(key[1]):
+        if key not in self.open and self.is_closed(*key):
             return Outcome.TOO_LATE
         minute = self.open.get(key)
         if minute is None:
@@ -580,16 +589,17 @@ class PartitionReports:
         minute.add_tree(tree, self.options)
         minute.last_offset = offset
         event_ms = tree["root"]["timestamp_us"] // 1000
-        if self.max_event_ms is None or event_ms > self.max_event_ms:
-            self.max_event_ms = event_ms
+        if event_ms > self.event_ms.get(key[0], event_ms - 1):
+            self.event_ms[key[0]] = event_ms
         return Outcome.APPLIED
 
     def advance_idle(self, now_ms: int) -> None:
         """Take event time to be the wall clock `now_ms` (called when the partition has been
         idle a while): a source that went quiet still closes its last minutes, at their end
         plus the grace period as if it had gone on. Trees arriving later for them are late."""
-        if self.max_event_ms is not None and now_ms > self.max_event_ms:
-            self.max_event_ms = now_ms
+        for domain, event_ms in self.event_ms.items():
+            if now_ms > event_ms:
+                self.event_ms[domain] = now_ms
 
     def restore_closed(self, minute: MinuteReport) -> None:
         """Take back a closed minute read from the store, so late trees amend it and replays
@@ -597,11 +607,11 @@ class PartitionReports:
         self.closed[(minute.domain, minute.period_start_ms)] = minute
 
     def close_due(self) -> list[dict[str, Any]]:
-        """Rows of minutes the watermark has passed (revision 0) and of amended closed minutes."""
-        watermark = self.watermark_ms
+        """Rows of minutes their domain's watermark has passed (revision 0) and of amended
+        closed minutes."""
         rows: list[dict[str, Any]] = []
         for key in sorted(self.open):
-            if watermark is not None and self.is_closed(key[1]):
+            if self.is_closed(*key):
                 minute = self.open.pop(key)
                 minute.revision = 0
                 # The watermark that makes it due, not the one seen: replay gives the same rows.
@@ -610,23 +620,28 @@ class PartitionReports:
         for key in sorted(self.amended):
             minute = self.closed[key]
             minute.revision += 1
-            rows.extend(minute.rows(watermark or 0, self.options))
+            rows.extend(minute.rows(self.domain_watermark_ms(key[0]) or 0, self.options))
         self.amended.clear()
-        if watermark is None:
-            return rows
-        horizon = watermark - self.keep_closed_ms
         emitted = {(row["domain"], row["period_start_ms"]) for row in rows}
         # Minutes closed just now stay until the next call, whatever the horizon: their rows'
         # writer reads them (a watermark can leap past the horizon, e.g. after an idle close).
-        for key in [k for k in self.closed if k[1] + MINUTE_MS < horizon and k not in emitted]:
+        for key in [k for k in self.closed if k not in emitted and self._forgettable(*k)]:
             del self.closed[key]
         return rows
 
+    def _forgettable(self, domain: str, start_ms: int, period_ms: int = MINUTE_MS) -> bool:
+        watermark = self.domain_watermark_ms(domain)
+        return watermark is not None and start_ms + period_ms < watermark - self.keep_closed_ms
+
+    def hour_forgettable(self, domain: str, hour_ms: int) -> bool:
+        """Whether every minute of the hour has left memory (a tree for it is restored)."""
+        return self._forgettable(domain, hour_ms, HOUR_MS)
+
     def flush_all(self) -> list[dict[str, Any]]:
         """Close every open minute now (end of input, e.g. a bounded replay or a benchmark)."""
-        if self.max_event_ms is not None:
-            latest = max([self.max_event_ms, *(k[1] for k in self.open)])
-            self.max_event_ms = latest + MINUTE_MS + self.grace_ms
+        for domain, event_ms in self.event_ms.items():
+            latest = max([event_ms, *(k[1] for k in self.open if k[0] == domain)])
+            self.event_ms[domain] = latest + MINUTE_MS + self.grace_ms
         return self.close_due()
 
     def safe_commit_offset(self) -> int:
@@ -872,6 +887,16 @@ def row_percentiles(row: Mapping[str, Any]) -> dict[str, float | None]:
     if not sketch:
         return stored
     return LatencySketch.from_bytes(sketch).quantiles()
+
+
+def elapsed_seconds(period: str, start_ms: int, now_ms: int, grace_ms: int) -> float:
+    """What a period's counts are divided by for TPS: the whole period once it is over; while
+    it is in progress, only its minutes that have ended and passed the grace period (the ones a
+    report can hold), at least one. CAT likewise divides the current hour by the time elapsed."""
+    length = PERIOD_MS[period]
+    closed_until = now_ms - grace_ms
+    closed_until -= closed_until % MINUTE_MS
+    return min(length, max(MINUTE_MS, closed_until - start_ms)) / 1000
 
 
 def standard_deviation(count: int, total: float, sum_squares: float) -> float:

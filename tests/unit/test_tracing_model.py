@@ -418,3 +418,31 @@ def test_an_idle_partition_closes_its_last_minute_by_the_wall_clock() -> None:
     state.advance_idle(T0_US // 1000)  # the clock never moves event time back
     assert state.watermark_ms == minute_end
     assert state.apply(tree(transaction("URL", "/a", 5)), 1) is Outcome.LATE
+
+
+def test_a_domain_whose_clocks_run_ahead_closes_only_its_own_minutes() -> None:
+    """Domains share partitions: one host hours ahead must not make every other domain's
+    trees late (the watermark was once per partition and did exactly that)."""
+    state = PartitionReports(grace_ms=10_000)
+    assert state.apply(tree(transaction("URL", "/a", 1000), domain="orders"), 0) is Outcome.APPLIED
+    ahead = T0_US + 20 * 3_600_000_000
+    skewed = tree(transaction("URL", "/b", 1000, at_us=ahead), domain="skewed")
+    assert state.apply(skewed, 1) is Outcome.APPLIED
+    assert {row["domain"] for row in state.close_due()} == set()
+    later = tree(transaction("URL", "/a", 1000, at_us=T0_US + 1_000_000), domain="orders")
+    assert state.apply(later, 2) is Outcome.APPLIED
+    assert state.watermark_ms == ahead // 1000 - 10_000
+    assert state.domain_watermark_ms("orders") == (T0_US + 1_000_000) // 1000 - 10_000
+    state.apply(tree(transaction("URL", "/b", 1, at_us=ahead + 71_000_000), domain="skewed"), 3)
+    assert {row["domain"] for row in state.close_due()} == {"skewed"}
+    assert ("orders", T0_US // 1000 - (T0_US // 1000) % MINUTE_MS) in state.open
+
+
+def test_trees_more_than_five_minutes_ahead_of_the_clock_are_refused() -> None:
+    for ahead_s, refused in ((299, False), (301, True)):
+        item = tree(transaction("URL", "/a", 1000, at_us=NOW_US + ahead_s * 1_000_000))
+        if refused:
+            with pytest.raises(RecordRejected, match=r"root\.timestamp_us"):
+                validate_tree(item, now_us=NOW_US)
+        else:
+            validate_tree(item, now_us=NOW_US)

@@ -59,7 +59,7 @@ def test_a_closed_minute_rebuilt_from_its_rows_recognises_replays_and_takes_late
     live = PartitionReports(grace_ms=0)
     for offset, item in enumerate(trees):
         live.apply(item, offset)
-    live.max_event_ms = T0_US // 1000 + 2 * MINUTE_MS
+    live.advance_idle(T0_US // 1000 + 2 * MINUTE_MS)
     rows = live.close_due()
     minute_ms = rows[0]["period_start_ms"]
     restored = minute_from_rows("orders", minute_ms, rows, last_offset=5, revision=0, late_count=0)
@@ -86,7 +86,7 @@ def _comparable(row: dict) -> dict:
 def test_stored_rows_round_trip_with_the_offset_and_bucket() -> None:
     state = PartitionReports(grace_ms=0)
     state.apply(tree(transaction("SQL", "q", 1500)), 3)
-    state.max_event_ms = T0_US // 1000 + 2 * MINUTE_MS
+    state.advance_idle(T0_US // 1000 + 2 * MINUTE_MS)
     row = state.close_due()[0]
     stored = stored_row(row, 3)
     assert stored["last_offset"] == 3
@@ -103,7 +103,7 @@ def _closed_rows(names: list[tuple[str, str, int, bool]]) -> list[dict]:
         item = tree(transaction(type_, name, duration, status=status), message_id=f"m-{offset}",
                     ip=f"10.0.0.{offset % 3}")  # fmt: skip
         state.apply(item, offset)
-    state.max_event_ms = T0_US // 1000 + 2 * MINUTE_MS
+    state.advance_idle(T0_US // 1000 + 2 * MINUTE_MS)
     return [stored_row(row, len(names) - 1) for row in state.close_due()]
 
 
@@ -220,7 +220,7 @@ def test_rows_sort_and_render_as_cat_xml() -> None:
     state = PartitionReports(grace_ms=0)
     for offset, (name, duration) in enumerate([("/a", 9000), ("/b", 1000), ("/b", 3000)]):
         state.apply(tree(transaction("URL", name, duration), message_id=f"m-{offset}"), offset)
-    state.max_event_ms = T0_US // 1000 + 2 * MINUTE_MS
+    state.advance_idle(T0_US // 1000 + 2 * MINUTE_MS)
     rows = [describe_row(r) for r in state.close_due()
             if r["report"] == "transaction" and r["host"] == "All"]  # fmt: skip
     names = [r for r in rows if r["name"]]
