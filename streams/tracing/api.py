@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from streams.tracing.model import (
     as_columns,
     assemble_chain,
     describe_columns,
+    elapsed_seconds,
     merge_rows,
     parse_report_time,
     sort_described,
@@ -56,12 +57,21 @@ class ReportReader:
     what Cassandra holds. Days are not cached."""
 
     def __init__(
-        self, store: ReportStore, max_samples: int, *, recheck_s: float = 1.0, capacity: int = 16
+        self,
+        store: ReportStore,
+        max_samples: int,
+        *,
+        recheck_s: float = 1.0,
+        capacity: int = 16,
+        grace_ms: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.max_samples = max_samples
         self.recheck_s = recheck_s
         self.capacity = capacity
+        self.grace_ms = grace_ms
+        self.clock = clock
         self._cache: OrderedDict[tuple[Any, ...], _CachedReport] = OrderedDict()
 
     async def answer(self, report_kind: str, query: Mapping[str, str], output: str) -> bytes:
@@ -86,14 +96,17 @@ class ReportReader:
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached is None or now - cached.checked_at >= self.recheck_s:
-            version = None
+            version: tuple[Any, ...] | None = None
+            seconds = elapsed_seconds(period, start_ms, int(self.clock() * 1000), self.grace_ms)
             if period == "hour" or (period == "minute" and cached is not None):
                 version = await self.store.minutes_version(domain, period, start_ms)
+            if period == "hour" and version is not None:
+                version = (seconds, *version)  # an hour in progress: its TPS changes too
             if cached is not None and version is not None and cached.version == version:
                 cached.checked_at = now
             else:
                 described, rows_version = await self._described(
-                    report_kind, period, domain, start_ms, host, type_
+                    report_kind, period, domain, start_ms, host, type_, seconds
                 )
                 if period == "minute":
                     version = rows_version
@@ -116,15 +129,16 @@ class ReportReader:
 
     async def _described(
         self, report_kind: str, period: str, domain: str, start_ms: int, host: str,
-        type_: str | None,
+        type_: str | None, seconds: float,
     ) -> tuple[list[dict[str, Any]], tuple[tuple[int, int, int], ...] | None]:  # fmt: skip
         """The page's described rows, and for a minute the index entry its rows were written
-        with (None when the page is empty or caught between two revisions)."""
+        with (None when the page is empty or caught between two revisions). `seconds` is
+        what counts are divided by for TPS."""
         if period != "day":
             columns = await self.store.view_columns(
                 period, domain, report_kind, start_ms, host, type_
             )
-            described = describe_columns(report_kind, period, columns)
+            described = describe_columns(report_kind, period, columns, seconds)
             revisions, offsets = set(columns["revision"]), set(columns["last_offset"])
             if period == "minute" and len(revisions) == 1 and len(offsets) == 1:
                 return described, ((start_ms, revisions.pop(), offsets.pop()),)
@@ -135,7 +149,7 @@ class ReportReader:
             for row in merge_rows(hours, "day", self.max_samples)
             if row["host"] == host and (type_ is None or row["type"] == type_)
         ]
-        return describe_columns(report_kind, "day", as_columns(shown)), None
+        return describe_columns(report_kind, "day", as_columns(shown), seconds), None
 
     @staticmethod
     def _render(
@@ -183,7 +197,10 @@ def register(runtime: Runtime, store: ReportStore, builder: ReportBuilder) -> No
     settings = runtime.settings
     logview_sink: list[ElasticsearchSink] = []
     reader = ReportReader(
-        store, settings.tracing_problem_samples, recheck_s=settings.tracing_report_recheck_s
+        store,
+        settings.tracing_problem_samples,
+        recheck_s=settings.tracing_report_recheck_s,
+        grace_ms=int(settings.tracing_grace_s * 1000),
     )
 
     class ReportView(View):

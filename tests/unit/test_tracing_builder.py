@@ -16,7 +16,7 @@ from streams.settings import Settings
 from streams.tracing import agents
 from streams.tracing.agents import ReportBuilder
 from streams.tracing.api import ReportReader
-from streams.tracing.model import HOUR_MS, MINUTE_MS, merge_rows
+from streams.tracing.model import HOUR_MS, MINUTE_MS, elapsed_seconds, merge_rows
 from streams.tracing.tables import (
     REPORT_TABLE_NAMES,
     REPORT_TABLES,
@@ -282,3 +282,32 @@ def test_a_cached_answer_is_checked_again_only_after_the_recheck_interval() -> N
     assert total() == 3 and store.reads == 1  # within the interval: not checked
     reader.recheck_s = 0
     assert total() == 4 and store.reads == 2
+
+
+def test_an_hour_in_progress_divides_its_counts_by_its_closed_minutes() -> None:
+    """CAT's current-hour TPS: counts over the time elapsed, not over 3,600 s; once the hour
+    is over, over the whole hour. The answer is recomputed as the hour goes on."""
+    store = ReaderStore()
+    hour_ms = MINUTE0_MS - MINUTE0_MS % 3_600_000
+    now = [(hour_ms + 5 * 60_000 + 10_500) / 1000]  # 10:05:10.5, grace 10 s: 5 minutes closed
+    reader = ReportReader(store, 5, recheck_s=0, clock=lambda: now[0])  # type: ignore[arg-type]
+    query = {"domain": "orders", "date": "2024013010", "type": "Call"}
+
+    def tps() -> float:
+        answer = json.loads(asyncio.run(reader.answer("event", query, "json")))
+        return float(answer["total"]["tps"])
+
+    assert tps() == round(3 / 300, 4)
+    now[0] += 60
+    assert tps() == round(3 / 360, 4)
+    now[0] += 7200
+    assert tps() == round(3 / 3600, 4)
+
+
+def test_elapsed_seconds_counts_only_closed_minutes_of_a_running_period() -> None:
+    hour_ms = MINUTE0_MS - MINUTE0_MS % 3_600_000
+    assert elapsed_seconds("hour", hour_ms, hour_ms + 1_000, 10_000) == 60  # at least a minute
+    assert elapsed_seconds("hour", hour_ms, hour_ms + 130_000, 10_000) == 120
+    assert elapsed_seconds("hour", hour_ms, hour_ms + 129_999, 10_000) == 60
+    assert elapsed_seconds("day", hour_ms, hour_ms + 10 * 86_400_000, 10_000) == 86_400
+    assert elapsed_seconds("minute", MINUTE0_MS, MINUTE0_MS + 1, 10_000) == 60
