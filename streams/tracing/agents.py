@@ -221,7 +221,7 @@ class ReportStore:
         where = {"domain": domain, "report": report, "period_start_ms": start_ms}
         for packed_format, _, _ in found:
             check_format({**where, "format": packed_format})
-        columns = packed_columns([(cell, offset) for _, cell, offset in found], type_)
+        columns = packed_columns(found, type_)
         size = len(columns["count"])
         return {**columns, "domain": [domain] * size, "host": [host] * size,
                 "period_start_ms": [start_ms] * size}  # fmt: skip

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -273,16 +274,21 @@ class EventStats:
 
 @dataclass
 class ProblemStats:
-    """Occurrences of one problem (type, status): counts per threshold bucket and sample ids."""
+    """Occurrences of one problem (type, status): counts per threshold bucket, the first sample
+    ids, and the first sample ids of each bucket (so the slowest bucket has its own samples)."""
 
     count: int = 0
     duration_counts: dict[str, int] = field(default_factory=dict)
     sample_message_ids: list[str] = field(default_factory=list)
+    bucket_samples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, bucket: str | None, message_id: str, max_samples: int) -> None:
         self.count += 1
         if bucket is not None:
             self.duration_counts[bucket] = self.duration_counts.get(bucket, 0) + 1
+            samples = self.bucket_samples.setdefault(bucket, [])
+            if len(samples) < max_samples:
+                samples.append(message_id)
         if len(self.sample_message_ids) < max_samples:
             self.sample_message_ids.append(message_id)
 
@@ -290,9 +296,9 @@ class ProblemStats:
         self.count += other.count
         for bucket, count in other.duration_counts.items():
             self.duration_counts[bucket] = self.duration_counts.get(bucket, 0) + count
-        room = max_samples - len(self.sample_message_ids)
-        if room > 0:
-            self.sample_message_ids.extend(other.sample_message_ids[:room])
+        _extend_samples(self.sample_message_ids, other.sample_message_ids, max_samples)
+        for bucket, ids in other.bucket_samples.items():
+            _extend_samples(self.bucket_samples.setdefault(bucket, []), ids, max_samples)
 
     def row_fields(self) -> dict[str, Any]:
         return {
@@ -300,6 +306,10 @@ class ProblemStats:
             "fail_count": self.count,
             "duration_counts": dict(sorted(self.duration_counts.items(), key=_numeric_key)),
             "sample_message_ids": list(self.sample_message_ids),
+            "bucket_samples": {
+                bucket: list(ids)
+                for bucket, ids in sorted(self.bucket_samples.items(), key=_numeric_key)
+            },
         }
 
     @classmethod
@@ -308,10 +318,17 @@ class ProblemStats:
             row["count"],
             dict(row.get("duration_counts") or {}),
             list(row.get("sample_message_ids") or []),
+            {bucket: list(ids) for bucket, ids in (row.get("bucket_samples") or {}).items()},
         )
 
 
-def _numeric_key(item: tuple[str, int]) -> tuple[int, str]:
+def _extend_samples(samples: list[str], more: Sequence[str], max_samples: int) -> None:
+    room = max_samples - len(samples)
+    if room > 0:
+        samples.extend(more[:room])
+
+
+def _numeric_key(item: tuple[str, Any]) -> tuple[int, str]:
     key = item[0]
     return (int(key), key) if key.isdigit() else (1 << 62, key)
 
@@ -506,6 +523,7 @@ ROW_DEFAULTS: dict[str, Any] = {
     "fail_message_id": None,
     "longest_message_id": None,
     "sample_message_ids": [],
+    "bucket_samples": {},
     "late_count": 0,
     "revision": 0,
     "closed_at_ms": 0,
@@ -870,6 +888,7 @@ def describe_columns(
             described.update(
                 duration_counts=[counts or {} for counts in column("duration_counts", None)],
                 sample_message_ids=[ids or [] for ids in column("sample_message_ids", None)],
+                bucket_samples=[ids or {} for ids in column("bucket_samples", None)],
             )
     keys = tuple(described)
     # Every column has `size` values by construction; strict zips cost a fifth of this step.
@@ -1142,7 +1161,7 @@ def transaction_report_xml(
             "failMessageUrl": row.get("fail_message_id") or "",
             "longestMessageUrl": row.get("longest_message_id") or "",
         }
-        return " ".join(f"{name}={quoteattr(str(value))}" for name, value in values.items())
+        return " ".join(f"{name}={_xml_attribute(value)}" for name, value in values.items())
 
     def stamp(ms: int) -> str:
         moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
@@ -1150,9 +1169,9 @@ def transaction_report_xml(
 
     lines = [
         '<?xml version="1.0" encoding="utf-8"?>',
-        f"<transaction-report domain={quoteattr(domain)} startTime={quoteattr(stamp(start_ms))} "
-        f"endTime={quoteattr(stamp(end_ms))}>",
-        f"   <machine ip={quoteattr(host)}>",
+        f"<transaction-report domain={_xml_attribute(domain)} "
+        f"startTime={quoteattr(stamp(start_ms))} endTime={quoteattr(stamp(end_ms))}>",
+        f"   <machine ip={_xml_attribute(host)}>",
     ]
     types: dict[str, list[dict[str, Any]]] = {}
     totals: dict[str, dict[str, Any]] = {}
@@ -1163,13 +1182,31 @@ def transaction_report_xml(
             types.setdefault(row["type"], []).append(row)
     for type_ in sorted(set(types) | set(totals)):
         total = totals.get(type_)
-        head = attributes(total, type_) if total else f"id={quoteattr(type_)}"
+        head = attributes(total, type_) if total else f"id={_xml_attribute(type_)}"
         lines.append(f"      <type {head}>")
         for row in types.get(type_, []):
-            lines.append(f"         <name {attributes(row, row['name'])}/>")
+            durations = (row.get("duration_counts") or {}).items()
+            if not durations:
+                lines.append(f"         <name {attributes(row, row['name'])}/>")
+                continue
+            lines.append(f"         <name {attributes(row, row['name'])}>")
+            lines += [
+                f'            <duration value="{value}" count="{count}"/>'
+                for value, count in sorted(durations, key=_numeric_key)
+            ]
+            lines.append("         </name>")
         lines.append("      </type>")
     lines += ["   </machine>", "</transaction-report>", ""]
     return "\n".join(lines)
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_attribute(value: object) -> str:
+    """A quoted XML attribute; characters XML 1.0 cannot carry (control characters a name may
+    hold) become U+FFFD, so the document always parses."""
+    return quoteattr(_NOT_XML.sub("\ufffd", str(value)))
 
 
 def _xml_number(value: float | None) -> str:

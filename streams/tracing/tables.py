@@ -34,12 +34,14 @@ ROW_COLUMNS = (
     "fail_count", "sum_us", "min_us", "max_us", "sum_squares", "sketch", "sketch_format",
     *PERCENTILE_COLUMNS, "duration_counts", "success_message_id", "fail_message_id",
     "longest_message_id", "sample_message_ids", "late_count", "revision", "closed_at_ms",
-    "last_offset",
+    "last_offset", "bucket_samples",
 )  # fmt: skip
 GROUP_KEY = ("domain", "report", "bucket_ms", "period_start_ms", "host")
-# Per name row inside a group's `rows` cell, in this order (format 1).
+# Per name row inside a group's `rows` cell, in this order. Format 2 appended bucket_samples; a
+# format-1 row reads as if it ended with None. Readers take every format in PACKED_WIDTHS.
 PACKED_COLUMNS = tuple(c for c in ROW_COLUMNS if c not in (*GROUP_KEY, "sketch", "last_offset"))
-PACKED_FORMAT = 1
+PACKED_FORMAT = 2
+PACKED_WIDTHS = {1: len(PACKED_COLUMNS) - 1, 2: len(PACKED_COLUMNS)}
 _TYPE_INDEX = PACKED_COLUMNS.index("type")
 TOTALS_GROUP = ""
 PART_BYTES = 1 << 20
@@ -132,6 +134,7 @@ def report_row(stored: Mapping[str, Any], period: str) -> dict[str, Any]:
     row["period"] = period
     row["duration_counts"] = dict(row.get("duration_counts") or {})
     row["sample_message_ids"] = list(row.get("sample_message_ids") or [])
+    row["bucket_samples"] = dict(row.get("bucket_samples") or {})
     row["sketch_format"] = row.get("sketch_format") or ""
     return row
 
@@ -185,8 +188,9 @@ def unpack_rows(packed: Mapping[str, Any]) -> list[dict[str, Any]]:
     check_format(packed)
     fixed = {c: packed[c] for c in GROUP_KEY}
     fixed["last_offset"] = packed["last_offset"]
+    padding = [None] * (len(PACKED_COLUMNS) - PACKED_WIDTHS[packed["format"]])
     rows = [
-        {**fixed, **dict(zip(PACKED_COLUMNS, values, strict=True))}
+        {**fixed, **dict(zip(PACKED_COLUMNS, [*values, *padding], strict=True))}
         for values in orjson.loads(packed["rows"])
     ]
     for row, sketch in zip(rows, split_sketches(packed["sketches"], len(rows)), strict=True):
@@ -196,25 +200,29 @@ def unpack_rows(packed: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def check_format(packed: Mapping[str, Any]) -> None:
     """Refuse a packed part this version cannot read (written by a newer one)."""
-    if packed["format"] != PACKED_FORMAT:
+    if packed["format"] not in PACKED_WIDTHS:
         raise PackedReportError(
             f"report group {packed['domain']}/{packed['report']}/{packed['period_start_ms']} has "
-            f"format {packed['format']}; this version reads format {PACKED_FORMAT}: upgrade"
+            f"format {packed['format']}; this version reads formats "
+            f"{', '.join(map(str, PACKED_WIDTHS))}: upgrade"
         )
 
 
 def packed_columns(
-    parts: Iterable[tuple[bytes, int]], type_: str | None = None
+    parts: Iterable[tuple[int, bytes, int]], type_: str | None = None
 ) -> dict[str, Sequence[Any]]:
-    """Packed parts, as (`rows` cell, `last_offset`) pairs, as columns: PACKED_COLUMNS and each
-    row's `last_offset`, only the rows of `type_` when given. What a report page needs, without
-    a dict per row."""
+    """Packed parts, as (`format`, `rows` cell, `last_offset`), as columns: PACKED_COLUMNS and
+    each row's `last_offset`, only the rows of `type_` when given. What a report page needs,
+    without a dict per row."""
     values: list[list[Any]] = []
     offsets: list[int] = []
-    for cell, offset in parts:
+    for packed_format, cell, offset in parts:
         rows = orjson.loads(cell)
         if type_ is not None:
             rows = [row for row in rows if row[_TYPE_INDEX] == type_]
+        if packed_format != PACKED_FORMAT:
+            padding = [None] * (len(PACKED_COLUMNS) - PACKED_WIDTHS[packed_format])
+            rows = [[*row, *padding] for row in rows]
         values.extend(rows)
         offsets.extend([offset] * len(rows))
     if not values:

@@ -425,6 +425,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "fail_message_id": "orders-c0000202-493160-44",
         "longest_message_id": "orders-c0000203-493160-9",
         "sample_message_ids": [],
+        "bucket_samples": {},
         "late_count": 2,
         "revision": 1,
         "closed_at_ms": 1_706_608_575_000,

@@ -446,3 +446,28 @@ def test_trees_more_than_five_minutes_ahead_of_the_clock_are_refused() -> None:
                 validate_tree(item, now_us=NOW_US)
         else:
             validate_tree(item, now_us=NOW_US)
+
+
+def test_problem_samples_are_kept_per_duration_bucket() -> None:
+    """CAT keeps a problem's sample messages per duration: the few slowest calls have their own
+    samples even after many fast ones filled the problem's first samples."""
+    options = ReportOptions(max_problem_samples=2)
+    minute = MinuteReport("orders", T0_US // 1000 - (T0_US // 1000) % MINUTE_MS)
+    durations = [1_200_000] * 5 + [6_000_000] * 3  # long-url buckets 1000 ms and 5000 ms
+    for index, duration in enumerate(durations):
+        item = tree(transaction("URL", "/slow", duration), message_id=f"orders-0a000001-1-{index}")
+        minute.add_tree(item, options)
+    problems = rows_by(minute.rows(0, options), "problem")
+    row = problems[("All", "long-url", "/slow")]
+    assert row["duration_counts"] == {"1000": 5, "5000": 3}
+    assert row["sample_message_ids"] == ["orders-0a000001-1-0", "orders-0a000001-1-1"]
+    assert row["bucket_samples"] == {
+        "1000": ["orders-0a000001-1-0", "orders-0a000001-1-1"],
+        "5000": ["orders-0a000001-1-5", "orders-0a000001-1-6"],
+    }
+    hour = merge_rows([row, {**row, "period_start_ms": row["period_start_ms"] + MINUTE_MS}],
+                      "hour", 3)  # fmt: skip
+    assert hour[0]["bucket_samples"]["5000"] == [
+        "orders-0a000001-1-5", "orders-0a000001-1-6", "orders-0a000001-1-5"
+    ]  # fmt: skip
+    assert describe_row(row)["bucket_samples"] == row["bucket_samples"]

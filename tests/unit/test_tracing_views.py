@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from xml.etree import ElementTree
+
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -151,7 +154,8 @@ def test_a_page_described_from_packed_columns_equals_its_rows_described_one_by_o
         shown = [r for r in rows if r["report"] == report and r["host"] == "All"
                  and (type_ is None or r["type"] == type_)]  # fmt: skip
         packed = pack_rows(shown)
-        cells = [(p["rows"], p["last_offset"]) for p in packed if p["type_group"] in ("", type_)]
+        cells = [(p["format"], p["rows"], p["last_offset"]) for p in packed
+                 if p["type_group"] in ("", type_)]  # fmt: skip
         columns = packed_columns(cells, type_)
         size = len(columns["count"])
         start_ms = shown[0]["period_start_ms"] if shown else 0
@@ -233,3 +237,35 @@ def test_rows_sort_and_render_as_cat_xml() -> None:
     assert '<transaction-report domain="orders"' in xml
     assert '<type id="URL" totalCount="3"' in xml
     assert '<name id="/b" totalCount="2"' in xml and 'max="3.00"' in xml
+    document = ElementTree.fromstring(xml.encode())
+    durations = document.findall("./machine/type/name[@id='/b']/duration")
+    assert {(d.get("value"), d.get("count")) for d in durations} == {("1", "1"), ("4", "1")}
+
+
+def test_cat_xml_parses_whatever_characters_a_name_holds() -> None:
+    state = PartitionReports(grace_ms=0)
+    state.apply(tree(transaction("URL", '/a\x01b\x1f<&>"', 1000)), 0)
+    state.advance_idle(T0_US // 1000 + 2 * MINUTE_MS)
+    rows = [describe_row(r) for r in state.close_due()
+            if r["report"] == "transaction" and r["host"] == "All"]  # fmt: skip
+    xml = transaction_report_xml("orders\x00", "minute", rows[0]["period_start_ms"], "All", rows)
+    document = ElementTree.fromstring(xml.encode())
+    assert document.get("domain") == "orders\ufffd"
+    assert document.find("./machine/type/name").get("id") == '/a\ufffdb\ufffd<&>"'
+
+
+def test_groups_written_in_format_1_still_read_without_bucket_samples() -> None:
+    """Format 2 appended `bucket_samples`; groups written before it read as if it were None."""
+    rows = [r for r in _closed_rows([("URL", "/", 1000, False)]) if r["host"] == "All"]
+    current = pack_rows(rows)[0]
+    assert current["format"] == 2
+    old_cell = orjson.dumps([values[:-1] for values in orjson.loads(current["rows"])])
+    old = {**current, "format": 1, "rows": old_cell}
+    size = current["row_count"]
+    assert [r["bucket_samples"] for r in unpack_rows(old)] == [None] * size
+    assert [{k: v for k, v in r.items() if k != "bucket_samples"} for r in unpack_rows(old)] == [
+        {k: v for k, v in r.items() if k != "bucket_samples"} for r in unpack_rows(current)
+    ]
+    columns = packed_columns([(1, old_cell, 7)])
+    assert list(columns["bucket_samples"]) == [None] * size
+    assert list(columns["name"]) == list(packed_columns([(2, current["rows"], 7)])["name"])
