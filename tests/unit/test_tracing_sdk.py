@@ -44,7 +44,7 @@ def valid(tree: dict[str, Any]) -> dict[str, Any]:
 def test_message_ids_follow_cat_and_restart_each_hour() -> None:
     assert ip_hex("192.0.2.2") == "c0000202"
     now = [493160 * 3600.0 + 5]
-    ids = MessageIdFactory("orders", "192.0.2.2", clock=lambda: now[0])
+    ids = MessageIdFactory("orders", "192.0.2.2", clock=lambda: now[0], pid=0)
     assert [ids.next_id() for _ in range(3)] == [
         "orders-c0000202-493160-0",
         "orders-c0000202-493160-1",
