@@ -42,6 +42,7 @@ from streams.registry.model import validate_event
 from streams.settings import Settings
 from streams.tracing.model import validate_tree
 from tests.integration.worker import apply_topics, eventually, get_json, running_worker
+from tests.records import TREE_SCHEMA, chain_tree_bytes
 from tests.unit.test_schema_files import SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -228,6 +229,9 @@ def build_corpus(codec: AvroCodec, limits: Mapping[str, int]) -> list[Sample]:
         else:
             tree = codec.encode("stackstream.tracing.MessageTree", SAMPLES["message_tree"])
             values.append(("foreign_schema", tree))
+        if spec.schema == TREE_SCHEMA:
+            # would overflow fastavro's C recursion and kill the worker if it were decoded
+            values.append(("nested_50000_levels", chain_tree_bytes(codec, 50_000)))
         if not spec.tombstones_allowed:
             values.append(("missing_value", None))
         huge = limits[topic] - 1024

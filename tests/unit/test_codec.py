@@ -30,6 +30,12 @@ from streams.bus.codec import (
     schema_fingerprint,
 )
 from streams.settings import PROJECT_ROOT
+from tests.records import (
+    TREE_HEADER,
+    TREE_SCHEMA,
+    chain_tree_bytes,
+    empty_transaction,
+)
 from tests.records import metric_point as point
 
 POINT = "stackstream.metrics.MetricPoint"
@@ -192,43 +198,25 @@ def test_every_schema_is_a_faust_codec(codec: AvroCodec) -> None:
         codecs.loads(f"avro:{POINT}", b"junk")
 
 
-TREE = "stackstream.tracing.MessageTree"
-TREE_HEADER = {"domain": "d", "hostname": "h", "ip": "10.0.0.1", "message_id": "d-0a000001-1-1"}
-
-
-def chain_bytes(codec: AvroCodec, depth: int) -> bytes:
-    """A MessageTree whose root transaction nests `depth` levels, assembled byte by byte so no
-    recursive encoder is needed (fastavro's own would overflow the stack at this depth)."""
-    header = codec.encode(TREE, {**TREE_HEADER, "root": _transaction([])}, check=False)
-    prefix = header[: -len(_LEAF)]
-    level = b"\x00\x00\x00\x020\x00\x00\x00"  # kind, type, name, status "0", times, data
-    return prefix + (level + b"\x02\x00") * (depth - 1) + level + b"\x00" * depth
-
-
-def _transaction(children: list[Any]) -> dict[str, Any]:
-    return {"kind": "TRANSACTION", "type": "", "name": "", "status": "0", "timestamp_us": 0,
-            "duration_us": 0, "data": "", "children": children}  # fmt: skip
-
-
-_LEAF = b"\x00\x00\x00\x020\x00\x00\x00\x00"
+TREE = TREE_SCHEMA
 
 
 def test_hand_assembled_chains_are_what_the_encoder_writes(codec: AvroCodec) -> None:
-    nested = _transaction([])
+    nested = empty_transaction([])
     for _ in range(4):
-        nested = _transaction([nested])
-    assert chain_bytes(codec, 5) == codec.encode(TREE, {**TREE_HEADER, "root": nested})
+        nested = empty_transaction([nested])
+    assert chain_tree_bytes(codec, 5) == codec.encode(TREE, {**TREE_HEADER, "root": nested})
 
 
 def test_records_nested_too_deep_are_refused_not_followed(codec: AvroCodec) -> None:
     """50,000 levels would overflow the C stack inside fastavro and kill the process; the codec
     measures the nesting first and refuses the record as corrupt, on both decode paths."""
-    data = chain_bytes(codec, 50_000)
+    data = chain_tree_bytes(codec, 50_000)
     with pytest.raises(NestedTooDeep, match="more than 1000 levels"):
         codec.decode(data, TREE)
     with pytest.raises(NestedTooDeep):
         codec.decoder(TREE)(data)
-    allowed = chain_bytes(codec, 900)
+    allowed = chain_tree_bytes(codec, 900)
     for decoded in (codec.decoder(TREE)(allowed), codec.decode(allowed, TREE)):
         levels, node = 1, decoded["root"]
         while node["children"]:
@@ -237,7 +225,7 @@ def test_records_nested_too_deep_are_refused_not_followed(codec: AvroCodec) -> N
 
 
 def test_large_flat_trees_decode_on_both_paths(codec: AvroCodec) -> None:
-    wide = {**TREE_HEADER, "root": _transaction([_transaction([]) for _ in range(2000)])}
+    wide = {**TREE_HEADER, "root": empty_transaction([empty_transaction([]) for _ in range(2000)])}
     data = codec.encode(TREE, wide)
     assert len(data) > 8192
     assert codec.decoder(TREE)(data) == codec.decode(data, TREE) == codec.decode(data)
