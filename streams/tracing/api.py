@@ -24,7 +24,7 @@ from streams.http import BAD_REQUEST, error_body, json_response, query_parameter
 from streams.tracing.model import (
     ALL_HOSTS,
     PERIOD_MS,
-    SORT_KEYS,
+    REPORT_SORT_KEYS,
     ReportQueryError,
     as_columns,
     assemble_chain,
@@ -89,8 +89,9 @@ class ReportReader:
         order = query.get("order", "asc" if sort == "name" else "desc")
         if order not in ("asc", "desc"):
             raise ReportQueryError("order", "must be asc or desc")
-        if sort not in SORT_KEYS:
-            raise ReportQueryError("sort", f"must be one of {', '.join(SORT_KEYS)}")
+        if sort not in REPORT_SORT_KEYS[report_kind]:
+            allowed = ", ".join(REPORT_SORT_KEYS[report_kind])
+            raise ReportQueryError("sort", f"must be one of {allowed} for the {report_kind} report")
         await self.store.open()
         key = (report_kind, period, domain, start_ms, host, type_)
         cached = self._cache.get(key)
@@ -326,8 +327,9 @@ def _document(runtime: Runtime) -> None:
         query_parameter("type", "a type: its name rows; absent: the per-type totals"),
         query_parameter(
             "sort",
-            "column to sort rows by (name, count, fail_count, fail_percent, min_ms, max_ms, "
-            "avg_ms, std_ms, tps, p50_ms, p90_ms, p95_ms, p99_ms, p999_ms)",
+            "column to sort rows by: name, count, fail_count, fail_percent, tps, and for the "
+            "transaction report min_ms, max_ms, avg_ms, std_ms, p50_ms, p90_ms, p95_ms, p99_ms, "
+            "p999_ms",
         ),
         query_parameter("order", "asc or desc", schema={"type": "string", "enum": ["asc", "desc"]}),
     ]

@@ -1098,6 +1098,12 @@ def assemble_chain(trees: Iterable[Mapping[str, Any]], message_id: str) -> dict[
 
 SORT_KEYS = ("name", "count", "fail_count", "fail_percent", "min_ms", "max_ms", "avg_ms",
              "std_ms", "tps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms")  # fmt: skip
+# What each report's rows can be sorted by: events and problems have no durations.
+REPORT_SORT_KEYS = {
+    "transaction": SORT_KEYS,
+    "event": ("name", "count", "fail_count", "fail_percent", "tps"),
+    "problem": ("name", "count", "fail_count", "fail_percent", "tps"),
+}
 
 
 class ReportQueryError(ValueError):

@@ -16,7 +16,13 @@ from streams.settings import Settings
 from streams.tracing import agents
 from streams.tracing.agents import ReportBuilder
 from streams.tracing.api import ReportReader
-from streams.tracing.model import HOUR_MS, MINUTE_MS, elapsed_seconds, merge_rows
+from streams.tracing.model import (
+    HOUR_MS,
+    MINUTE_MS,
+    ReportQueryError,
+    elapsed_seconds,
+    merge_rows,
+)
 from streams.tracing.tables import (
     REPORT_TABLE_NAMES,
     REPORT_TABLES,
@@ -311,3 +317,14 @@ def test_elapsed_seconds_counts_only_closed_minutes_of_a_running_period() -> Non
     assert elapsed_seconds("hour", hour_ms, hour_ms + 129_999, 10_000) == 60
     assert elapsed_seconds("day", hour_ms, hour_ms + 10 * 86_400_000, 10_000) == 86_400
     assert elapsed_seconds("minute", MINUTE0_MS, MINUTE0_MS + 1, 10_000) == 60
+
+
+def test_event_and_problem_reports_refuse_sorting_by_durations_they_do_not_have() -> None:
+    reader = ReportReader(ReaderStore(), 5)  # type: ignore[arg-type]
+    query = {"domain": "orders", "date": "202401301000", "type": "Call"}
+    for kind in ("event", "problem"):
+        with pytest.raises(ReportQueryError) as caught:
+            asyncio.run(reader.answer(kind, {**query, "sort": "p99_ms"}, "json"))
+        assert caught.value.parameter == "sort" and "tps" in str(caught.value)
+        asyncio.run(reader.answer(kind, {**query, "sort": "fail_percent"}, "json"))
+    asyncio.run(reader.answer("transaction", {**query, "sort": "p99_ms"}, "json"))
