@@ -51,6 +51,8 @@ ROOT_HEADER = "X-CAT-ROOT-ID"
 PARENT_HEADER = "X-CAT-PARENT-ID"
 CHILD_HEADER = "X-CAT-ID"
 SUCCESS = "0"
+MAX_HEADER_ID = 256  # CAT ids are about 40 characters
+UNNAMED = "unknown"
 CANCELLED = "Cancelled"
 TRUNCATED_EVENT_TYPE = "TruncatedTree"
 PID_SLOTS = 4_194_304  # Linux's PID_MAX_LIMIT (64-bit): two live pids never share a slot
@@ -91,6 +93,12 @@ def _text(value: object, limit: int) -> str:
         except Exception:
             value = f"<unprintable {type(value).__name__}>"
     return value if len(value) <= limit else value[:limit]
+
+
+def _named(value: object, limit: int) -> str:
+    """A type or name: blank ones become UNNAMED, which the server would refuse the tree for."""
+    text = _text(value, limit)
+    return text if text.strip() else UNNAMED
 
 
 def ip_hex(ip: str) -> str:
@@ -186,11 +194,25 @@ class RemoteContext:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RemoteContext | None:
+        """The caller's ids; a value that is no usable message id (empty, with white space, over
+        MAX_HEADER_ID characters) is ignored, so a bad header never gets the tree refused."""
         lowered = {key.lower(): value for key, value in headers.items()}
-        child = lowered.get(CHILD_HEADER.lower())
-        if not child:
+        child, root, parent = (
+            _header_id(lowered.get(name.lower()))
+            for name in (CHILD_HEADER, ROOT_HEADER, PARENT_HEADER)
+        )
+        if child is None and parent is None:
             return None
-        return cls(lowered.get(ROOT_HEADER.lower()), lowered.get(PARENT_HEADER.lower()), child)
+        return cls(root, parent, child)
+
+
+def _header_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_HEADER_ID or any(c.isspace() for c in value):
+        return None
+    return value
 
 
 @dataclass
@@ -247,8 +269,8 @@ class Transaction:
         remote: RemoteContext | None = None,
     ) -> None:
         self.tracer = tracer
-        self.type = _text(type_, tracer.limits.max_string)
-        self.name = _text(name, tracer.limits.max_string)
+        self.type = _named(type_, tracer.limits.max_string)
+        self.name = _named(name, tracer.limits.max_string)
         self.status: str = SUCCESS
         self.data: list[str] = []
         self.children: list[dict[str, Any]] = []
@@ -522,8 +544,10 @@ class Tracer:
         limits = self.limits
         return {
             "kind": kind,
-            "type": _text(type_, limits.max_string),
-            "name": _text(name, limits.max_string),
+            "type": _named(type_, limits.max_string)
+            if kind == "EVENT"
+            else _text(type_, limits.max_string),
+            "name": _named(name, limits.max_string),
             "status": _text(status, limits.max_string),
             "timestamp_us": _now_us(),
             "data": "" if data is None else _text(data, limits.max_data),

@@ -24,6 +24,7 @@ from streams.sdk.tracing import (
     PID_SLOTS,
     TRUNCATED_EVENT_TYPE,
     MessageIdFactory,
+    RemoteContext,
     Tracer,
     TreeLimits,
 )
@@ -419,3 +420,30 @@ def test_interruptions_are_cancelled_without_an_error_event(
         raise interruption()
     [tree] = tracer.drain()
     assert (tree["root"]["status"], tree["root"]["children"]) == (CANCELLED, [])
+
+
+def test_blank_types_and_names_are_named_so_the_tree_is_not_refused() -> None:
+    tracer = make_tracer()
+    with tracer.transaction("", "   "):
+        tracer.log_event(" ", "")
+    [tree] = tracer.drain()
+    valid(tree)
+    event = tree["root"]["children"][0]
+    assert (tree["root"]["type"], tree["root"]["name"]) == ("unknown", "unknown")
+    assert (event["type"], event["name"]) == ("unknown", "unknown")
+
+
+def test_unusable_cat_headers_are_ignored_not_carried_into_the_tree() -> None:
+    good = "web-0a000001-474058-1"
+    assert RemoteContext.from_headers({"X-CAT-ID": "has space", "X-CAT-ROOT-ID": good}) is None
+    linked = RemoteContext.from_headers(
+        {"X-CAT-ID": "x" * 300, "X-CAT-PARENT-ID": good, "X-CAT-ROOT-ID": " \t"}
+    )
+    assert linked == RemoteContext(None, good, None)
+    tracer = make_tracer("billing")
+    with tracer.transaction("URL", "/charge", remote=linked):
+        pass
+    [tree] = tracer.drain()
+    valid(tree)
+    assert tree["parent_message_id"] == tree["root_message_id"] == good
+    assert tree["message_id"].startswith("billing-")
