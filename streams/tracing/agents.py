@@ -392,7 +392,8 @@ class ReportBuilder:
         self.hours: dict[int, dict[tuple[str, int], HourReport]] = defaultdict(dict)
         self.pending: dict[int, PendingHours] = defaultdict(PendingHours)
         self.last_flush = time.monotonic()
-        self.last_tree_ms: dict[int, float] = {}
+        # wall clock of each domain's last tree, per partition: quiet domains close by it
+        self.last_tree_ms: dict[int, dict[str, float]] = defaultdict(dict)
         # The last batch was short: the log had no more. A partition missing from batches
         # while the agent is behind is not idle, only not fetched yet.
         self.caught_up = False
@@ -433,7 +434,9 @@ class ReportBuilder:
         now_ms = time.time() * 1000
         for partition, items in by_partition.items():
             state = self.state(partition)
-            self.last_tree_ms[partition] = now_ms
+            self.last_tree_ms[partition].update(
+                dict.fromkeys({item.record["domain"] for item in items}, now_ms)
+            )
             await self._restore_unknown(state, items)
             for item in items:
                 outcome = state.apply(item.record, item.offset)
@@ -449,7 +452,7 @@ class ReportBuilder:
 
     async def tick(self) -> None:
         """Run between batches (a timer): once the agent has caught up with the log, close the
-        minutes of partitions that got no tree for `tracing_idle_close_s` of wall clock (their
+        minutes of domains that sent no tree for `tracing_idle_close_s` of wall clock (their
         event time is taken to be the wall clock), and write pending hours whose flush is due.
         The commit catches up with the next batch; until then a restart replays, and the
         closed minutes are restored."""
@@ -459,17 +462,17 @@ class ReportBuilder:
             now_ms = time.time() * 1000
             closed: dict[int, list[dict[str, Any]]] = {}
             for partition, state in self.partitions.items():
-                last = self.last_tree_ms.get(partition)
-                idle_ms = now_ms - last if last is not None else 0
-                if (
-                    self.idle_close_ms <= 0
-                    or not self.caught_up
-                    or not state.open
-                    or idle_ms < self.idle_close_ms
-                ):
+                if self.idle_close_ms <= 0 or not self.caught_up or not state.open:
                     continue
-                state.advance_idle(int(now_ms))
-                closed[partition] = state.close_due()
+                seen = self.last_tree_ms[partition]
+                idle = {
+                    domain
+                    for domain, _ in state.open
+                    if now_ms - seen.get(domain, now_ms) >= self.idle_close_ms
+                }
+                if idle:
+                    state.advance_idle(int(now_ms), idle)
+                    closed[partition] = state.close_due()
             if closed or self._flush_due(force=False):
                 await self.store.open()
                 await self._publish(closed)

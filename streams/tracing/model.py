@@ -611,12 +611,13 @@ class PartitionReports:
             self.event_ms[key[0]] = event_ms
         return Outcome.APPLIED
 
-    def advance_idle(self, now_ms: int) -> None:
-        """Take event time to be the wall clock `now_ms` (called when the partition has been
-        idle a while): a source that went quiet still closes its last minutes, at their end
-        plus the grace period as if it had gone on. Trees arriving later for them are late."""
-        for domain, event_ms in self.event_ms.items():
-            if now_ms > event_ms:
+    def advance_idle(self, now_ms: int, domains: Iterable[str] | None = None) -> None:
+        """Take the event time of `domains` (default: all) to be the wall clock `now_ms` (called
+        when they have sent nothing for a while): a domain that went quiet still closes its last
+        minutes, at their end plus the grace period as if it had gone on, whatever the other
+        domains of its partition do. Trees arriving later for them are late."""
+        for domain in list(self.event_ms) if domains is None else domains:
+            if now_ms > self.event_ms.get(domain, now_ms):
                 self.event_ms[domain] = now_ms
 
     def restore_closed(self, minute: MinuteReport) -> None:

@@ -328,3 +328,26 @@ def test_event_and_problem_reports_refuse_sorting_by_durations_they_do_not_have(
         assert caught.value.parameter == "sort" and "tps" in str(caught.value)
         asyncio.run(reader.answer(kind, {**query, "sort": "fail_percent"}, "json"))
     asyncio.run(reader.answer("transaction", {**query, "sort": "p99_ms"}, "json"))
+
+
+def test_a_quiet_domain_closes_its_minute_while_another_keeps_its_partition_busy() -> None:
+    """Event time is per domain, so idleness is too: a domain that stopped sending closes its
+    last minute by the wall clock even though its partition never goes idle."""
+    builder, store, _ = builder_of(tracing_idle_close_s=0.3)
+
+    def busy(offset: int) -> BatchItem:
+        record = tree(transaction("URL", "/b", 1000, at_us=T0_US), domain="busy",
+                      message_id=f"busy-{offset}")  # fmt: skip
+        return BatchItem(Position(0, offset), record)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await builder.handle([*batch((0, 0)), busy(1)])
+        for offset in range(2, 40):  # busy every 20 ms, for twice the idle time
+            await asyncio.sleep(0.02)
+            await builder.handle([busy(offset)])
+            await builder.tick()
+        await builder.drain()
+
+    asyncio.run(run())
+    assert set(store.tables["trace_minutes"]) == {("orders", MINUTE0_MS)}
+    assert ("busy", MINUTE0_MS) in builder.partitions[0].open
