@@ -21,11 +21,13 @@ from fastavro.validation import validate
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
 # fastavro reads nested records recursively in C: about 3,500 levels overflow an 8 MB stack and
-# kill the process. Records of a recursive schema larger than NESTING_CHECK_BYTES (at least 10
-# bytes a level, so below it they cannot be dangerously deep) are measured first, without
-# recursion, and refused past MAX_DECODE_NESTING levels.
-MAX_DECODE_NESTING = 1000
-NESTING_CHECK_BYTES = 8192
+# kill the process, about 820 a 2 MB thread stack (glibc's thread default under an unlimited
+# `ulimit -s`). Records of a recursive schema larger than NESTING_CHECK_BYTES are measured first,
+# without recursion, and refused past MAX_DECODE_NESTING levels; a MessageTree level takes at
+# least 10 bytes, so a smaller one cannot nest deeper than that. Trees deeper than 64 levels are
+# refused by validation anyway.
+MAX_DECODE_NESTING = 200
+NESTING_CHECK_BYTES = 2_000
 
 
 class CodecError(ValueError):
@@ -296,7 +298,8 @@ _LENGTH_PREFIXED = frozenset(("string", "bytes"))
 def nesting_depth(data: bytes, start: int, parsed: Any, limit: int) -> int:
     """How deep records nest in the Avro body at data[start:], read with an explicit stack
     instead of recursion; stops as soon as the depth passes `limit`. Raises CorruptRecord
-    when the body ends early or holds an impossible length."""
+    when the body ends early or holds an impossible length or item count (more items than
+    bytes left: also refuses arrays of that many nulls, which no schema here has)."""
     named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
     end = len(data)
     position = start
@@ -323,6 +326,8 @@ def nesting_depth(data: bytes, start: int, parsed: Any, limit: int) -> int:
             if count < 0:
                 count = -count
                 read_long()
+            if count > end - position:  # every item takes a byte (arrays of nulls aside)
+                raise CorruptRecord(f"a block of {count} items in {end - position} bytes")
             if count:
                 pending.append((node, depth, True))
                 element = node["items"] if node["type"] == "array" else node["values"]

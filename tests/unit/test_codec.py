@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.bus.codec import (
+    NESTING_CHECK_BYTES,
     AvroCodec,
     CodecError,
     CorruptRecord,
@@ -210,18 +212,20 @@ def test_hand_assembled_chains_are_what_the_encoder_writes(codec: AvroCodec) -> 
 
 def test_records_nested_too_deep_are_refused_not_followed(codec: AvroCodec) -> None:
     """50,000 levels would overflow the C stack inside fastavro and kill the process; the codec
-    measures the nesting first and refuses the record as corrupt, on both decode paths."""
+    measures the nesting first and refuses the record as corrupt, on both decode paths. The
+    deepest record that cannot be measured (under NESTING_CHECK_BYTES) decodes safely even on
+    a 2 MB thread stack."""
     data = chain_tree_bytes(codec, 50_000)
-    with pytest.raises(NestedTooDeep, match="more than 1000 levels"):
+    with pytest.raises(NestedTooDeep, match="more than 200 levels"):
         codec.decode(data, TREE)
     with pytest.raises(NestedTooDeep):
         codec.decoder(TREE)(data)
-    allowed = chain_tree_bytes(codec, 900)
+    allowed = chain_tree_bytes(codec, 190)
     for decoded in (codec.decoder(TREE)(allowed), codec.decode(allowed, TREE)):
         levels, node = 1, decoded["root"]
         while node["children"]:
             levels, node = levels + 1, node["children"][0]
-        assert levels == 900
+        assert levels == 190
 
 
 def test_large_flat_trees_decode_on_both_paths(codec: AvroCodec) -> None:
@@ -288,3 +292,35 @@ def test_nesting_depth_reads_every_avro_type_like_the_decoder(node: dict[str, An
         if _depth(node) > 0:
             with pytest.raises(CorruptRecord):
                 nesting_depth(broken, 2, NODE.parsed, 10_000)
+
+
+def test_a_block_claiming_more_items_than_bytes_is_corrupt_without_queueing_them(
+    codec: AvroCodec,
+) -> None:
+    """A 9 KB tree whose children count says 2^40 once exhausted memory in the walker."""
+    prefix = chain_tree_bytes(codec, 1)[: -len(b"\x00\x00\x00\x020\x00\x00\x00\x00")]
+    level = b"\x00\x00\x00\x020\x00\x00\x00"
+    huge_count = b"\x80\x80\x80\x80\x80\x80\x04"  # zigzag varint of 2^40
+    data = prefix + level + huge_count + b"\x00" * 9000
+    with pytest.raises(CorruptRecord, match="block of"):
+        codec.decode(data, TREE)
+    with pytest.raises(CodecError):
+        codec.decoder(TREE)(data)
+
+
+def test_records_under_the_check_size_cannot_nest_too_deep_for_a_small_thread_stack(
+    codec: AvroCodec,
+) -> None:
+    """The deepest tree that skips the walk decodes on a 2 MB thread stack (glibc's default
+    for threads when `ulimit -s` is unlimited); deeper ones are walked and refused first."""
+    data = chain_tree_bytes(codec, (NESTING_CHECK_BYTES - 43) // 11)  # 43 + 11 bytes a level
+    assert NESTING_CHECK_BYTES - 11 < len(data) <= NESTING_CHECK_BYTES
+    outcome: list[Any] = []
+    threading.stack_size(2 * 1024 * 1024)
+    try:
+        worker = threading.Thread(target=lambda: outcome.append(codec.decoder(TREE)(data)))
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(0)
+    assert outcome and outcome[0]["root"]["kind"] == "TRANSACTION"
