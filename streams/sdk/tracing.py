@@ -256,7 +256,8 @@ class Transaction:
 
     A cancellation (`asyncio.CancelledError`, `KeyboardInterrupt`, `SystemExit`,
     `GeneratorExit`: BaseExceptions that are not Exceptions) sets the status `Cancelled`, not a
-    success, without an error event: a client that hangs up is not a problem of the service.
+    success (it still counts as a failure), without an error event: a client that hangs up adds
+    no `error` problem row.
     Past `max_depth - 1` levels a transaction is recorded as a sibling of its parent, so that
     deep recursion neither crashes the encoder nor makes the server refuse the tree.
     """
