@@ -19,7 +19,7 @@ import faust
 from faust.streams import _current_event
 from faust.types import EventT, StreamT
 
-from streams.bus.batching import BatchAgent, BatchHandler, RevokeHandler
+from streams.bus.batching import BatchAgent, BatchHandler, RevokeHandler, WrittenValidator
 from streams.bus.codec import AvroCodec, CodecError, SchemaRegistry
 from streams.bus.deadletters import (
     DEAD_LETTER_SCHEMA,
@@ -178,6 +178,7 @@ class Runtime:
         schema: str,
         *,
         validate: Validator | None = None,
+        validate_written: WrittenValidator | None = None,
         on_revoked: RevokeHandler | None = None,
         max_records: int = 5000,
         prefetch: bool = False,
@@ -195,6 +196,7 @@ class Runtime:
                 schema,
                 handler,
                 validate=validate,
+                validate_written=validate_written,
                 on_revoked=on_revoked,
                 max_records=max_records,
                 prefetch=prefetch,

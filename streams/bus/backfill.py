@@ -23,6 +23,7 @@ from streams.bus.backfill_model import (
     RebuildCounts,
     TracingRebuild,
 )
+from streams.bus.batching import written_us
 from streams.bus.codec import AvroCodec, CodecError, SchemaRegistry
 from streams.bus.replay import RangeReader, plan_range
 from streams.bus.replay_model import ReplayPlan
@@ -84,19 +85,23 @@ class BackfillResult:
     written: bool = False
 
 
+Decoded = tuple[int, int, dict[str, Any], int | None]
+
+
 def _decoded(
     settings: Settings, plan: ReplayPlan, schema: str, progress: Progress | None
-) -> tuple[list[list[tuple[int, int, dict[str, Any]]]], int]:
-    """The plan's records, decoded, per batch: (partition, offset, record)."""
+) -> tuple[list[list[Decoded]], int]:
+    """The plan's records, decoded, per batch: (partition, offset, record, written µs)."""
     codec = AvroCodec(SchemaRegistry.from_directory(settings.schemas_dir))
     decode = codec.decoder(schema)
-    batches: list[list[tuple[int, int, dict[str, Any]]]] = []
+    batches: list[list[Decoded]] = []
     undecodable = 0
     for messages in RangeReader(settings, plan).batches():
         batch = []
         for message in messages:
             try:
-                batch.append((message.partition(), message.offset(), decode(message.value())))
+                record = decode(message.value())
+                batch.append((message.partition(), message.offset(), record, written_us(message)))
             except CodecError:
                 undecodable += 1
         batches.append(batch)
@@ -141,8 +146,8 @@ async def _tracing(
     rebuild = TracingRebuild(window, int(settings.tracing_grace_s * 1000), report_options(settings))
     batches, undecodable = await asyncio.to_thread(_decoded, settings, plan, TREE_SCHEMA, progress)
     for batch in batches:
-        for partition, offset, tree in batch:
-            rebuild.add(partition, offset, tree)
+        for partition, offset, tree, written in batch:
+            rebuild.add(partition, offset, tree, written)
     rows = rebuild.rows()
     if not dry_run:
         store = ReportStore(sink)
@@ -169,7 +174,7 @@ async def _metrics(
     rebuild = MetricsRebuild(window, settings.metrics_series_limit, lambda m: known[m])
     batches, undecodable = await asyncio.to_thread(_decoded, settings, plan, POINT_SCHEMA, progress)
     for batch in batches:
-        points = [point for _, _, point in batch]
+        points = [point for _, _, point, _ in batch]
         missing = sorted(rebuild.metrics_to_load(points) - known.keys())
         for metric, tag_sets in zip(
             missing, await asyncio.gather(*(store.metric_series(m) for m in missing)), strict=True

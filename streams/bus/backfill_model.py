@@ -133,9 +133,13 @@ class TracingRebuild:
         self.partitions: dict[int, PartitionReports] = {}
         self.counts = RebuildCounts()
 
-    def add(self, partition: int, offset: int, tree: Mapping[str, Any]) -> None:
+    def add(
+        self, partition: int, offset: int, tree: Mapping[str, Any], written_us: int | None = None
+    ) -> None:
+        """Count one tree read at `offset`, refused as live processing refuses it (validated
+        against when it was written)."""
         try:
-            validate_tree(tree)
+            validate_tree(tree, written_us)
         except RecordRejected:
             self.counts.rejected += 1
             return

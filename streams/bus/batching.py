@@ -69,6 +69,17 @@ class BatchItem:
     def origin(self) -> Origin:
         return Origin(_source_message(self.message))
 
+    @property
+    def written_us(self) -> int | None:
+        return written_us(self.message)
+
+
+def written_us(message: Message) -> int | None:
+    """When the record was written, in µs: the broker's append time on topics declared with
+    `message.timestamp.type: LogAppendTime`, else the producer's create time; None if unknown."""
+    _, timestamp_ms = message.timestamp()
+    return timestamp_ms * 1000 if timestamp_ms and timestamp_ms > 0 else None
+
 
 SafeOffsets = Mapping[int, int]
 """Per partition, the next offset whose effect is not yet durable: commit no further than it."""
@@ -76,6 +87,9 @@ Unfinished = asyncio.Future  # type: ignore[type-arg]
 """A handler's I/O still running for its batch; its result is the batch's SafeOffsets or None."""
 BatchHandler = Callable[[list[BatchItem]], Awaitable[SafeOffsets | Unfinished | None]]
 RevokeHandler = Callable[[list[int]], Awaitable[None]]
+WrittenValidator = Callable[[dict[str, Any], int | None], None]
+"""Validates a record against the time it was written (µs, None if unknown), not the clock's
+now, so live processing, replays and backfills refuse the same records."""
 
 
 def _source_message(message: Message) -> SourceMessage:
@@ -103,6 +117,7 @@ class BatchAgent:
         handler: BatchHandler,
         *,
         validate: Callable[[dict[str, Any]], None] | None = None,
+        validate_written: WrittenValidator | None = None,
         on_revoked: RevokeHandler | None = None,
         max_records: int = 5000,
         poll_seconds: float = 0.2,
@@ -115,6 +130,7 @@ class BatchAgent:
         self.schema = schema
         self.handler = handler
         self.validate = validate
+        self.validate_written = validate_written
         self.on_revoked = on_revoked
         self.max_records = max_records
         self.poll_seconds = poll_seconds
@@ -177,7 +193,7 @@ class BatchAgent:
         self._consumer = await self._call(self._create_consumer)
         liveness = self.runtime.agent_liveness(self.name)
         decode = self.runtime.codec.decoder(self.schema)
-        validate = self.validate
+        validate, validate_written = self.validate, self.validate_written
         prefetched: asyncio.Future[list[Message]] | None = None
         unfinished: tuple[Unfinished, list[Message]] | None = None
         try:
@@ -206,6 +222,8 @@ class BatchAgent:
                         record = decode(message.value())
                         if validate is not None:
                             validate(record)
+                        if validate_written is not None:
+                            validate_written(record, written_us(message))
                     except (CodecError, RecordRejected) as failure:
                         rejected += 1
                         await self.runtime.dead_letter(

@@ -743,7 +743,7 @@ class LogviewWriter:
             try:
                 keep = logview_keeps(tree, self.options.thresholds_for(tree["domain"]), rate)
                 if keep:
-                    validate_tree(tree)
+                    validate_tree(tree, item.written_us)
             except (RecordRejected, KeyError, TypeError, ValueError):
                 continue  # tracing.build_reports dead-letters it; once is enough
             if not keep:
@@ -786,7 +786,7 @@ def register(runtime: Runtime) -> None:
         BUILD_REPORTS,
         MESSAGES_TOPIC,
         TREE_SCHEMA,
-        validate=validate_tree,
+        validate_written=validate_tree,
         on_revoked=builder.forget,
         max_records=BATCH_RECORDS,
         prefetch=True,

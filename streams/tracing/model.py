@@ -56,10 +56,17 @@ class TreeLimits:
     max_data: int = 65_536
 
 
+# How far a domain's event time may trail its partition's newest: the furthest a tree may be
+# ahead of the broker (TreeLimits.max_future_us), so no domain's clock can close another's early.
+DOMAIN_LAG_MS = TreeLimits.max_future_us // 1000
+
+
 def validate_tree(
     tree: Mapping[str, Any], now_us: int | None = None, limits: TreeLimits = TreeLimits()
 ) -> None:
-    """Refuse a tree no report can use; the error names the offending field."""
+    """Refuse a tree no report can use; the error names the offending field. `now_us` is when
+    the tree was written (its Kafka timestamp: the broker's append time on `trace.messages`), so
+    live processing, replays and backfills refuse the same trees; None: the clock's now."""
     for name in ("domain", "ip", "message_id"):
         value = tree.get(name)
         if not isinstance(value, str) or not value.strip():
@@ -566,6 +573,7 @@ class PartitionReports:
     keep_closed_ms: int = HOUR_MS
     options: ReportOptions = field(default_factory=ReportOptions)
     event_ms: dict[str, int] = field(default_factory=dict)
+    max_event_ms: int | None = None
     open: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
     closed: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
     amended: set[tuple[str, int]] = field(default_factory=set)
@@ -578,8 +586,15 @@ class PartitionReports:
         return max(self.event_ms.values()) - self.grace_ms if self.event_ms else None
 
     def domain_watermark_ms(self, domain: str) -> int | None:
+        """The domain's event time minus the grace period, but no further behind the partition's
+        newest root time than DOMAIN_LAG_MS: no domain can be that far ahead of the broker
+        (validation refuses it), so a domain that went quiet still closes its minutes while
+        the others go on, also while the agent catches up and no domain is idle by the clock.
+        An idle close moves only the idle domain (the wall clock is not a root time)."""
         event_ms = self.event_ms.get(domain)
-        return None if event_ms is None else event_ms - self.grace_ms
+        if event_ms is None or self.max_event_ms is None:
+            return None
+        return max(event_ms, self.max_event_ms - DOMAIN_LAG_MS) - self.grace_ms
 
     def is_closed(self, domain: str, minute_ms: int) -> bool:
         watermark = self.domain_watermark_ms(domain)
@@ -609,6 +624,8 @@ class PartitionReports:
         event_ms = tree["root"]["timestamp_us"] // 1000
         if event_ms > self.event_ms.get(key[0], event_ms - 1):
             self.event_ms[key[0]] = event_ms
+            if self.max_event_ms is None or event_ms > self.max_event_ms:
+                self.max_event_ms = event_ms
         return Outcome.APPLIED
 
     def advance_idle(self, now_ms: int, domains: Iterable[str] | None = None) -> None:
@@ -661,6 +678,8 @@ class PartitionReports:
         for domain, event_ms in self.event_ms.items():
             latest = max([event_ms, *(k[1] for k in self.open if k[0] == domain)])
             self.event_ms[domain] = latest + MINUTE_MS + self.grace_ms
+        if self.event_ms:
+            self.max_event_ms = max(self.event_ms.values())
         return self.close_due()
 
     def safe_commit_offset(self) -> int:

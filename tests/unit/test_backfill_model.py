@@ -94,3 +94,18 @@ def test_metrics_rebuild_equals_the_ground_truth_and_applies_the_series_limit() 
         ("kill.queue", tags_text({"host": "a", "zone": "eu"})),
     ]
     assert rebuild.counts.rejected == 1
+
+
+def test_tracing_rebuild_refuses_trees_ahead_of_their_write_time_as_live_did() -> None:
+    """Validation measures a tree against when it was written (the broker's append time), not
+    the clock at rebuild time: a tree 6 minutes ahead of its write is refused now too, though
+    it lies in the past."""
+    trees, _, _ = _trees_and_points()
+    window = BackfillWindow(HOUR, HOUR + HOUR_MS, 0)
+    rebuild = TracingRebuild(window, 2_000, ReportOptions())
+    partition, offset, tree = trees[0]
+    written_us = tree["root"]["timestamp_us"] - 6 * 60_000_000
+    rebuild.add(partition, offset, tree, written_us)
+    assert rebuild.counts.rejected == 1
+    rebuild.add(partition, offset, tree, written_us + 2 * 60_000_000)
+    assert rebuild.counts.rejected == 1

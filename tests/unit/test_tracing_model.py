@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from streams.bus.batching import written_us
 from streams.bus.codec import AvroCodec, SchemaRegistry
 from streams.errors import RecordRejected
 from streams.settings import Settings
@@ -421,11 +422,13 @@ def test_an_idle_partition_closes_its_last_minute_by_the_wall_clock() -> None:
 
 
 def test_a_domain_whose_clocks_run_ahead_closes_only_its_own_minutes() -> None:
-    """Domains share partitions: one host hours ahead must not make every other domain's
-    trees late (the watermark was once per partition and did exactly that)."""
+    """Domains share partitions: one whose hosts run ahead (up to the 5 minutes validation
+    lets through) must not make other domains' trees late, as the per-partition watermark
+    once did; a domain that went quiet still closes once the partition is 5 minutes past it."""
     state = PartitionReports(grace_ms=10_000)
+    minute0 = T0_US // 1000 - (T0_US // 1000) % MINUTE_MS
     assert state.apply(tree(transaction("URL", "/a", 1000), domain="orders"), 0) is Outcome.APPLIED
-    ahead = T0_US + 20 * 3_600_000_000
+    ahead = T0_US + 4 * 60_000_000
     skewed = tree(transaction("URL", "/b", 1000, at_us=ahead), domain="skewed")
     assert state.apply(skewed, 1) is Outcome.APPLIED
     assert {row["domain"] for row in state.close_due()} == set()
@@ -435,7 +438,10 @@ def test_a_domain_whose_clocks_run_ahead_closes_only_its_own_minutes() -> None:
     assert state.domain_watermark_ms("orders") == (T0_US + 1_000_000) // 1000 - 10_000
     state.apply(tree(transaction("URL", "/b", 1, at_us=ahead + 71_000_000), domain="skewed"), 3)
     assert {row["domain"] for row in state.close_due()} == {"skewed"}
-    assert ("orders", T0_US // 1000 - (T0_US // 1000) % MINUTE_MS) in state.open
+    assert ("orders", minute0) in state.open
+    beyond = T0_US + (5 * 60 + 10 + 60) * 1_000_000  # orders' minute end + lag + grace
+    state.apply(tree(transaction("URL", "/b", 1, at_us=beyond), domain="skewed"), 4)
+    assert ("orders", minute0) in {(r["domain"], r["period_start_ms"]) for r in state.close_due()}
 
 
 def test_trees_more_than_five_minutes_ahead_of_the_clock_are_refused() -> None:
@@ -471,3 +477,16 @@ def test_problem_samples_are_kept_per_duration_bucket() -> None:
         "orders-0a000001-1-5", "orders-0a000001-1-6", "orders-0a000001-1-5"
     ]  # fmt: skip
     assert describe_row(row)["bucket_samples"] == row["bucket_samples"]
+
+
+def test_written_us_is_the_records_kafka_timestamp_when_there_is_one() -> None:
+    class Message:
+        def __init__(self, kind: int, ms: int) -> None:
+            self.stamp = (kind, ms)
+
+        def timestamp(self) -> tuple[int, int]:
+            return self.stamp
+
+    assert written_us(Message(2, 1_706_608_800_123)) == 1_706_608_800_123_000  # append time
+    assert written_us(Message(1, 1_706_608_800_123)) == 1_706_608_800_123_000  # create time
+    assert written_us(Message(0, -1)) is None  # not available: validation uses the clock
