@@ -661,17 +661,28 @@ class PartitionReports:
         emitted = {(row["domain"], row["period_start_ms"]) for row in rows}
         # Minutes closed just now stay until the next call, whatever the horizon: their rows'
         # writer reads them (a watermark can leap past the horizon, e.g. after an idle close).
-        for key in [k for k in self.closed if k not in emitted and self._forgettable(*k)]:
+        horizons = self._horizons()
+        for key in [
+            k
+            for k in self.closed
+            if k not in emitted and k[1] + MINUTE_MS < horizons.get(k[0], -(1 << 62))
+        ]:
             del self.closed[key]
         return rows
 
-    def _forgettable(self, domain: str, start_ms: int, period_ms: int = MINUTE_MS) -> bool:
-        watermark = self.domain_watermark_ms(domain)
-        return watermark is not None and start_ms + period_ms < watermark - self.keep_closed_ms
+    def _horizons(self) -> dict[str, int]:
+        """Per domain, the time before which closed periods leave memory."""
+        horizons = {}
+        for domain in self.event_ms:
+            watermark = self.domain_watermark_ms(domain)
+            if watermark is not None:
+                horizons[domain] = watermark - self.keep_closed_ms
+        return horizons
 
     def hour_forgettable(self, domain: str, hour_ms: int) -> bool:
         """Whether every minute of the hour has left memory (a tree for it is restored)."""
-        return self._forgettable(domain, hour_ms, HOUR_MS)
+        watermark = self.domain_watermark_ms(domain)
+        return watermark is not None and hour_ms + HOUR_MS < watermark - self.keep_closed_ms
 
     def flush_all(self) -> list[dict[str, Any]]:
         """Close every open minute now (end of input, e.g. a bounded replay or a benchmark)."""
