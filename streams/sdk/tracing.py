@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -173,12 +174,18 @@ _shared_factories: dict[tuple[str, str], MessageIdFactory] = {}
 _shared_lock = threading.Lock()
 
 
+_sending_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
+
+
 def _reseed_after_fork() -> None:
-    """A forked worker (gunicorn --preload) must not go on with its parent's sequence."""
+    """A forked worker (gunicorn --preload) must not go on with its parent's sequence, and
+    needs its own sender: threads do not survive a fork."""
     global _shared_lock
     _shared_lock = threading.Lock()
     for factory in _shared_factories.values():
         factory._seed(os.getpid())
+    for tracer in list(_sending_tracers):
+        tracer._restart_after_fork()
 
 
 os.register_at_fork(after_in_child=_reseed_after_fork)
@@ -455,9 +462,27 @@ class Tracer:
         self._sender: threading.Thread | None = None
         if start_sender:
             atexit.register(self.close, exit_timeout)
-            self._sender = threading.Thread(target=self._send_loop, name="stackstream-tracing")
-            self._sender.daemon = True
-            self._sender.start()
+            self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._sender = threading.Thread(target=self._send_loop, name="stackstream-tracing")
+        self._sender.daemon = True
+        self._sender.start()
+        _sending_tracers.add(self)
+
+    def _restart_after_fork(self) -> None:
+        """In a forked child: fresh locks and an empty buffer (the parent sends what it had
+        queued), no producer made by the parent (librdkafka's state does not survive a fork;
+        one is made on first use), and a sender thread of its own."""
+        if self._stop.is_set():
+            return
+        self._lock = threading.Lock()
+        self._producer_lock = threading.Lock()
+        self._buffer = queue.Queue(maxsize=self._buffer.maxsize)
+        if self._owns_producer:
+            self._producer, self._owns_producer = None, False
+        self.stats = TracerStats()
+        self._start_sender()
 
     @property
     def producer(self) -> EventProducer:
@@ -687,6 +712,7 @@ class Tracer:
         Also the exit hook; a producer the tracer made is closed with it, one given is flushed.
         """
         atexit.unregister(self.close)
+        _sending_tracers.discard(self)
         deadline = time.monotonic() + timeout
         self._stop.set()
         if self._sender is not None:

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -447,3 +448,30 @@ def test_unusable_cat_headers_are_ignored_not_carried_into_the_tree() -> None:
     valid(tree)
     assert tree["parent_message_id"] == tree["root_message_id"] == good
     assert tree["message_id"].startswith("billing-")
+
+
+def test_a_forked_worker_sends_its_trees_with_a_sender_of_its_own() -> None:
+    """gunicorn --preload builds the app, and its Tracer, before forking workers: threads do
+    not survive a fork, so each worker starts its own sender."""
+    producer = RecordingProducer()
+    tracer = Tracer("forked", ip="192.0.2.2", producer=producer, flush_interval=0.01)  # type: ignore[arg-type]
+    try:
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            os.close(read)
+            with tracer.transaction("URL", "/in-child"):
+                pass
+            deadline = time.monotonic() + 10
+            while not producer.sent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            names = [record["root"]["name"] for _, _, record, _ in producer.sent]
+            os.write(write, " ".join(names).encode() or b"-")
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            sent_in_child = pipe.read().split()
+        os.waitpid(child, 0)
+        assert sent_in_child == ["/in-child"]
+    finally:
+        tracer.close(1)
