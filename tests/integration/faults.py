@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra import InvalidRequest
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.policies import DCAwareRoundRobinPolicy
 from confluent_kafka import Producer
 
@@ -209,6 +215,10 @@ class StoredReports:
                 r._asdict() for r in self.session.execute(f"SELECT * FROM {self.keyspace}.{table}")
             ]
         except InvalidRequest:  # the worker has not created the table yet
+            return []
+        except NoHostAvailable as error:  # "Unknown CF": read while the table was being created
+            if "Unknown CF" not in str(error):
+                raise
             return []
         return unpack_parts(found) if table in REPORT_TABLE_NAMES else found
 
