@@ -75,8 +75,8 @@ class BatchItem:
 
 
 def written_us(message: Message) -> int | None:
-    """When the record was written, in µs: the broker's append time on topics declared with
-    `message.timestamp.type: LogAppendTime`, else the producer's create time; None if unknown."""
+    """When the record was written, in µs: its Kafka timestamp (the producer's create time, or
+    the broker's append time on topics that use it); None if unknown."""
     _, timestamp_ms = message.timestamp()
     return timestamp_ms * 1000 if timestamp_ms and timestamp_ms > 0 else None
 

@@ -434,6 +434,7 @@ class ReportBuilder:
         now_ms = time.time() * 1000
         for partition, items in by_partition.items():
             state = self.state(partition)
+            state.wall_ms = int(now_ms)
             self.last_tree_ms[partition].update(
                 dict.fromkeys({item.record["domain"] for item in items}, now_ms)
             )

@@ -56,16 +56,16 @@ class TreeLimits:
     max_data: int = 65_536
 
 
-# How far a domain's event time may trail its partition's newest: the furthest a tree may be
-# ahead of the broker (TreeLimits.max_future_us), so no domain's clock can close another's early.
-DOMAIN_LAG_MS = TreeLimits.max_future_us // 1000
+# How far a domain's event time may trail its partition's newest root time (at most the wall
+# clock) before its minutes close anyway: hosts that send late by less than this are not late.
+DOMAIN_LAG_MS = 300_000
 
 
 def validate_tree(
     tree: Mapping[str, Any], now_us: int | None = None, limits: TreeLimits = TreeLimits()
 ) -> None:
     """Refuse a tree no report can use; the error names the offending field. `now_us` is when
-    the tree was written (its Kafka timestamp: the broker's append time on `trace.messages`), so
+    the tree was written (its Kafka timestamp, at most 5 minutes ahead of the broker), so
     live processing, replays and backfills refuse the same trees; None: the clock's now."""
     for name in ("domain", "ip", "message_id"):
         value = tree.get(name)
@@ -574,6 +574,8 @@ class PartitionReports:
     options: ReportOptions = field(default_factory=ReportOptions)
     event_ms: dict[str, int] = field(default_factory=dict)
     max_event_ms: int | None = None
+    # the processing wall clock, set by a live agent: bounds how far one domain pulls others
+    wall_ms: int | None = None
     open: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
     closed: dict[tuple[str, int], MinuteReport] = field(default_factory=dict)
     amended: set[tuple[str, int]] = field(default_factory=set)
@@ -587,14 +589,16 @@ class PartitionReports:
 
     def domain_watermark_ms(self, domain: str) -> int | None:
         """The domain's event time minus the grace period, but no further behind the partition's
-        newest root time than DOMAIN_LAG_MS: no domain can be that far ahead of the broker
-        (validation refuses it), so a domain that went quiet still closes its minutes while
-        the others go on, also while the agent catches up and no domain is idle by the clock.
+        newest root time than DOMAIN_LAG_MS, so a domain that went quiet still closes its
+        minutes while the others go on (also while the agent catches up, when no domain is idle
+        by the clock). The partition's newest root time counts only up to the wall clock
+        (`wall_ms`, live): a host whose clock runs ahead cannot close other domains' minutes.
         An idle close moves only the idle domain (the wall clock is not a root time)."""
         event_ms = self.event_ms.get(domain)
         if event_ms is None or self.max_event_ms is None:
             return None
-        return max(event_ms, self.max_event_ms - DOMAIN_LAG_MS) - self.grace_ms
+        newest = self.max_event_ms if self.wall_ms is None else min(self.max_event_ms, self.wall_ms)
+        return max(event_ms, newest - DOMAIN_LAG_MS) - self.grace_ms
 
     def is_closed(self, domain: str, minute_ms: int) -> bool:
         watermark = self.domain_watermark_ms(domain)

@@ -490,3 +490,16 @@ def test_written_us_is_the_records_kafka_timestamp_when_there_is_one() -> None:
     assert written_us(Message(2, 1_706_608_800_123)) == 1_706_608_800_123_000  # append time
     assert written_us(Message(1, 1_706_608_800_123)) == 1_706_608_800_123_000  # create time
     assert written_us(Message(0, -1)) is None  # not available: validation uses the clock
+
+
+def test_a_domain_hours_ahead_of_the_wall_clock_does_not_close_other_domains() -> None:
+    """Live, the partition's newest root time counts only up to the wall clock when it drags
+    quiet domains along: a host whose clock runs hours ahead cannot close others' minutes."""
+    state = PartitionReports(grace_ms=10_000)
+    state.wall_ms = T0_US // 1000 + 30_000
+    state.apply(tree(transaction("URL", "/a", 1000), domain="orders"), 0)
+    ahead = tree(transaction("URL", "/b", 1000, at_us=T0_US + 20 * 3_600_000_000), domain="fast")
+    state.apply(ahead, 1)
+    assert {row["domain"] for row in state.close_due()} == set()
+    state.wall_ms += 6 * 60_000  # six minutes later orders has gone quiet: now it closes
+    assert {row["domain"] for row in state.close_due()} == {"orders"}
