@@ -93,12 +93,12 @@ now, so live processing, replays and backfills refuse the same records."""
 
 
 def _source_message(message: Message) -> SourceMessage:
-    _, timestamp_ms = message.timestamp()
+    written = written_us(message)
     return SourceMessage(
         topic=message.topic(),
         partition=message.partition(),
         offset=message.offset(),
-        timestamp=timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else 0.0,
+        timestamp=written / 1_000_000 if written is not None else 0.0,
         key=message.key(),
         value=message.value(),
         headers=list(message.headers() or []),

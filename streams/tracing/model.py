@@ -674,19 +674,19 @@ class PartitionReports:
             del self.closed[key]
         return rows
 
+    def _horizon(self, domain: str) -> int | None:
+        """The time before which the domain's closed periods leave memory."""
+        watermark = self.domain_watermark_ms(domain)
+        return None if watermark is None else watermark - self.keep_closed_ms
+
     def _horizons(self) -> dict[str, int]:
-        """Per domain, the time before which closed periods leave memory."""
-        horizons = {}
-        for domain in self.event_ms:
-            watermark = self.domain_watermark_ms(domain)
-            if watermark is not None:
-                horizons[domain] = watermark - self.keep_closed_ms
-        return horizons
+        horizons = {domain: self._horizon(domain) for domain in self.event_ms}
+        return {domain: horizon for domain, horizon in horizons.items() if horizon is not None}
 
     def hour_forgettable(self, domain: str, hour_ms: int) -> bool:
         """Whether every minute of the hour has left memory (a tree for it is restored)."""
-        watermark = self.domain_watermark_ms(domain)
-        return watermark is not None and hour_ms + HOUR_MS < watermark - self.keep_closed_ms
+        horizon = self._horizon(domain)
+        return horizon is not None and hour_ms + HOUR_MS < horizon
 
     def flush_all(self) -> list[dict[str, Any]]:
         """Close every open minute now (end of input, e.g. a bounded replay or a benchmark)."""

@@ -188,7 +188,7 @@ def unpack_rows(packed: Mapping[str, Any]) -> list[dict[str, Any]]:
     check_format(packed)
     fixed = {c: packed[c] for c in GROUP_KEY}
     fixed["last_offset"] = packed["last_offset"]
-    padding = [None] * (len(PACKED_COLUMNS) - PACKED_WIDTHS[packed["format"]])
+    padding = _padding(packed["format"])
     rows = [
         {**fixed, **dict(zip(PACKED_COLUMNS, [*values, *padding], strict=True))}
         for values in orjson.loads(packed["rows"])
@@ -196,6 +196,11 @@ def unpack_rows(packed: Mapping[str, Any]) -> list[dict[str, Any]]:
     for row, sketch in zip(rows, split_sketches(packed["sketches"], len(rows)), strict=True):
         row["sketch"] = sketch
     return rows
+
+
+def _padding(packed_format: int) -> list[None]:
+    """What a row of an older format lacks at its end (the columns added since)."""
+    return [None] * (len(PACKED_COLUMNS) - PACKED_WIDTHS[packed_format])
 
 
 def check_format(packed: Mapping[str, Any]) -> None:
@@ -221,7 +226,7 @@ def packed_columns(
         if type_ is not None:
             rows = [row for row in rows if row[_TYPE_INDEX] == type_]
         if packed_format != PACKED_FORMAT:
-            padding = [None] * (len(PACKED_COLUMNS) - PACKED_WIDTHS[packed_format])
+            padding = _padding(packed_format)
             rows = [[*row, *padding] for row in rows]
         values.extend(rows)
         offsets.extend([offset] * len(rows))
